@@ -1,0 +1,105 @@
+"""numpy / RobotState <-> ROS messages. Pure functions; no node state."""
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import rospy
+from geometry_msgs.msg import Point, Quaternion, Vector3
+from sensor_msgs.msg import Imu, JointState
+
+from op3_walk.msg import WalkerAction, WalkerState
+
+WORLD_FRAME = "odom"
+
+
+def state_message(robot, layout: Sequence[Tuple[str, int]], episode: int, step: int, obs: np.ndarray,
+                  reward: float, terminated: bool, truncated: bool, info: Dict, stamp: rospy.Time) -> WalkerState:
+    """A WalkerState for one tick. ``info`` is the env's info dict (``state``, ``reward_terms``, ``distance``)."""
+    state = info["state"]
+    msg = WalkerState()
+    msg.header.stamp = stamp
+    msg.header.frame_id = WORLD_FRAME
+    msg.episode = episode
+    msg.step = step
+    msg.sim_time = float(state.time)
+    msg.observation = np.asarray(obs, dtype=np.float32).tolist()
+    msg.observation_names = [name for name, _ in layout]
+    msg.observation_sizes = [int(size) for _, size in layout]
+    msg.reward = float(reward)
+    msg.terminated = bool(terminated)
+    msg.truncated = bool(truncated)
+    terms = info.get("reward_terms", {})
+    msg.reward_term_names = list(terms.keys())
+    msg.reward_terms = [float(v) for v in terms.values()]
+    msg.joint_names = list(robot.joint_names)
+    msg.joint_positions = np.asarray(state.joint_positions, dtype=float).tolist()
+    msg.joint_velocities = np.asarray(state.joint_velocities, dtype=float).tolist()
+    msg.torso_pose.position = Point(*map(float, state.base_position))
+    msg.torso_pose.orientation = Quaternion(*map(float, state.base_orientation))
+    msg.torso_twist.linear = Vector3(*map(float, state.base_linear_velocity))
+    msg.torso_twist.angular = Vector3(*map(float, state.base_angular_velocity))
+    msg.foot_names = list(robot.foot_links)
+    msg.foot_contacts = [bool(c) for c in state.foot_contacts]
+    msg.distance = float(info.get("distance", 0.0))
+    return msg
+
+
+def joint_state_message(robot, state, stamp: rospy.Time) -> JointState:
+    msg = JointState()
+    msg.header.stamp = stamp
+    msg.name = list(robot.joint_names)
+    msg.position = np.asarray(state.joint_positions, dtype=float).tolist()
+    msg.velocity = np.asarray(state.joint_velocities, dtype=float).tolist()
+    msg.effort = np.asarray(state.joint_efforts, dtype=float).tolist()
+    return msg
+
+
+def imu_message(state, frame_id: str, stamp: rospy.Time) -> Imu:
+    """sensor_msgs/Imu in the torso frame: orientation (body->odom), gyro rad/s, specific force m/s^2."""
+    msg = Imu()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.orientation = Quaternion(*map(float, state.base_orientation))
+    msg.angular_velocity = Vector3(*map(float, state.base_angular_velocity))
+    msg.linear_acceleration = Vector3(*map(float, state.linear_acceleration))
+    # Simulated sensors: exact values; covariance left unknown-but-small rather than "unknown" (-1).
+    msg.orientation_covariance = [1e-6, 0, 0, 0, 1e-6, 0, 0, 0, 1e-6]
+    msg.angular_velocity_covariance = [1e-6, 0, 0, 0, 1e-6, 0, 0, 0, 1e-6]
+    msg.linear_acceleration_covariance = [1e-4, 0, 0, 0, 1e-4, 0, 0, 0, 1e-4]
+    return msg
+
+
+def action_message(episode: int, step: int, action: np.ndarray, stamp: rospy.Time) -> WalkerAction:
+    msg = WalkerAction()
+    msg.header.stamp = stamp
+    msg.episode = episode
+    msg.step = step
+    msg.action = np.asarray(action, dtype=np.float32).tolist()
+    msg.discrete_action = -1
+    return msg
+
+
+def observation_from_message(msg: WalkerState, expected_size: int) -> np.ndarray:
+    """The observation vector of ``msg``, checked: wrong size or non-finite values raise ValueError."""
+    obs = np.asarray(msg.observation, dtype=np.float32)
+    if obs.shape != (expected_size,):
+        raise ValueError("WalkerState episode %d step %d: observation has %d values, expected %d (robot or task "
+                         "of the controller differs from the learner's?)" % (msg.episode, msg.step, obs.size,
+                                                                            expected_size))
+    if not np.all(np.isfinite(obs)):
+        bad: List[int] = np.flatnonzero(~np.isfinite(obs)).tolist()
+        raise ValueError("WalkerState episode %d step %d: non-finite observation at indices %s"
+                         % (msg.episode, msg.step, bad[:10]))
+    return obs
+
+
+def action_from_message(msg: WalkerAction, expected_size: int) -> np.ndarray:
+    """The continuous action of ``msg``, checked: wrong size or non-finite values raise ValueError."""
+    if msg.discrete_action >= 0:
+        raise ValueError("discrete action %d sent to a continuous-action controller" % msg.discrete_action)
+    action = np.asarray(msg.action, dtype=np.float32)
+    if action.shape != (expected_size,):
+        raise ValueError("action has %d values, expected %d" % (action.size, expected_size))
+    if not np.all(np.isfinite(action)):
+        raise ValueError("action has non-finite values at indices %s"
+                         % np.flatnonzero(~np.isfinite(action)).tolist()[:10])
+    return action

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Bootstrap everything `make demo` / `make test` need, idempotently; a second run only checks (a few seconds).
+#   1. ROS1: use /opt/ros/noetic if present, else Debian's ROS packages; install those with apt if missing.
+#   2. .venv: a venv made from the ROS Python with --system-site-packages (rospy stays the system one).
+#   3. requirements.txt into .venv (re-run only when the file changes).
+#   4. catkin workspace .ws/ (git-ignored) holding this package, built with the ROS Python named explicitly.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+STAMPS="$ROOT/.stamps"
+mkdir -p "$STAMPS"
+ROS_PY=/usr/bin/python3          # the interpreter ROS1 is built for, on Noetic and on Debian 12 alike
+NOETIC_SETUP=/opt/ros/noetic/setup.bash
+APT_PACKAGES="ros-core-python-dev python3-rostest python3-rosbag python3-venv cmake g++"
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -d' ' -f1; }
+
+# --- 1. ROS1 -----------------------------------------------------------------------------------------------
+ros_ok() {
+  if [ -f "$NOETIC_SETUP" ]; then
+    return 0
+  fi
+  command -v roscore >/dev/null 2>&1 && command -v catkin_make >/dev/null 2>&1 \
+    && "$ROS_PY" -c 'import rospy, rosbag, catkin, genpy, rostest, venv, ensurepip' >/dev/null 2>&1
+}
+
+if ros_ok; then
+  if [ -f "$NOETIC_SETUP" ]; then log "ROS: Noetic at /opt/ros/noetic"; else log "ROS: Debian packages"; fi
+else
+  command -v apt-get >/dev/null 2>&1 || die "no ROS1 found (/opt/ros/noetic or Debian's ros-core-python-dev) and no apt-get to install it"
+  [ "$(id -u)" = 0 ] && SUDO="" || SUDO="sudo"
+  log "ROS: not found; installing Debian's ROS1 packages: $APT_PACKAGES"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $APT_PACKAGES
+  ros_ok || die "ROS1 packages installed but rospy/catkin still missing for $ROS_PY"
+fi
+
+if [ -f "$NOETIC_SETUP" ]; then
+  # shellcheck disable=SC1090
+  set +u; source "$NOETIC_SETUP"; set -u
+fi
+
+# --- 2. venv -----------------------------------------------------------------------------------------------
+VENV="$ROOT/.venv"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rospy' >/dev/null 2>&1; then
+  log "venv: creating .venv from $ROS_PY (--system-site-packages)"
+  rm -rf "$VENV"
+  "$ROS_PY" -m venv --system-site-packages "$VENV"
+fi
+
+# --- 3. Python requirements --------------------------------------------------------------------------------
+REQ_HASH="$(hash_of requirements.txt)"
+if [ "$(cat "$STAMPS/requirements" 2>/dev/null)" != "$REQ_HASH" ]; then
+  log "pip: installing requirements.txt into .venv (torch CPU build, pybullet, gymnasium, ...)"
+  # (grep drops the "Location ... is ignored" noise that some pip index configurations print)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
+    | { grep -v "^WARNING: Location .* is ignored" || true; }
+  echo "$REQ_HASH" > "$STAMPS/requirements"
+else
+  log "pip: requirements up to date"
+fi
+
+# --- 4. catkin workspace -----------------------------------------------------------------------------------
+WS="$ROOT/.ws"
+mkdir -p "$WS/src"
+if [ "$(readlink "$WS/src/op3_walk" 2>/dev/null)" != "$ROOT" ]; then
+  rm -rf "$WS/src/op3_walk"
+  ln -s "$ROOT" "$WS/src/op3_walk"
+fi
+# A nested workspace must not see itself: catkin ignores folders holding CATKIN_IGNORE.
+touch "$WS/CATKIN_IGNORE"
+BUILD_HASH="$(printf '%s\n' "$ROOT" | cat - package.xml CMakeLists.txt setup.py msg/*.msg srv/*.srv | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$STAMPS/catkin" 2>/dev/null)" != "$BUILD_HASH" ] || [ ! -f "$WS/devel/setup.bash" ]; then
+  log "catkin: building .ws (messages, services, python paths) with $ROS_PY"
+  # PATH starts with the system directories so that no other python3 (pyenv, conda) shadows the ROS one.
+  (cd "$WS" && PATH="/usr/bin:/bin:$PATH" catkin_make -DPYTHON_EXECUTABLE="$ROS_PY" \
+      -DCATKIN_ENABLE_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > "$WS/build.log" 2>&1) \
+    || { tail -40 "$WS/build.log" >&2; die "catkin_make failed (full log: .ws/build.log)"; }
+  echo "$BUILD_HASH" > "$STAMPS/catkin"
+else
+  log "catkin: workspace up to date"
+fi
+log "ready: source env.sh to use it from a shell"
