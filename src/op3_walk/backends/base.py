@@ -1,0 +1,133 @@
+"""What every robot backend (simulator, ROS bridge, real hardware) offers the environments.
+
+A backend holds position targets for the joints and advances the robot one control period at a time, returning a
+``RobotState`` in SI units and REP 103 frames (world frame "odom": x forward, y left, z up; body frame: torso link).
+"""
+import abc
+import dataclasses
+import math
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from op3_walk.robots.description import RobotConfig
+
+STANDARD_GRAVITY = 9.81  # m/s^2
+
+
+def _unit_quaternion(q: Sequence[float]) -> Tuple[float, float, float, float]:
+    x, y, z, w = (float(v) for v in q)
+    n = math.sqrt(x * x + y * y + z * z + w * w)
+    if not n > 0.0:
+        raise ValueError("quaternion %s has no direction" % (tuple(q),))
+    return x / n, y / n, z / n, w / n
+
+
+def quat_to_matrix(q: Sequence[float]) -> np.ndarray:
+    """Rotation matrix (3, 3) of quaternion ``q`` = (x, y, z, w); maps body vectors to world vectors."""
+    x, y, z, w = _unit_quaternion(q)
+    s = 2.0
+    xx, yy, zz = x * x * s, y * y * s, z * z * s
+    xy, xz, yz = x * y * s, x * z * s, y * z * s
+    wx, wy, wz = w * x * s, w * y * s, w * z * s
+    return np.array([
+        [1.0 - yy - zz, xy - wz, xz + wy],
+        [xy + wz, 1.0 - xx - zz, yz - wx],
+        [xz - wy, yz + wx, 1.0 - xx - yy],
+    ])
+
+
+def clamp_targets(joint_targets: Sequence[float], lower: np.ndarray, upper: np.ndarray,
+                  joint_names: Sequence[str]) -> np.ndarray:
+    """``joint_targets`` as float64 clamped to [lower, upper]; ValueError on a wrong size or a non-finite value."""
+    targets = np.asarray(joint_targets, dtype=np.float64)
+    if targets.shape != lower.shape:
+        raise ValueError("joint targets must have shape %s, got %s" % (lower.shape, targets.shape))
+    finite = np.isfinite(targets)
+    if not finite.all():
+        bad = [joint_names[i] for i in np.flatnonzero(~finite)]
+        raise ValueError("non-finite joint targets for: %s" % ", ".join(bad))
+    return np.minimum(np.maximum(targets, lower), upper)
+
+
+@dataclasses.dataclass(eq=False)
+class RobotState:
+    """One reading of the robot, SI units, REP 103. World frame 'odom' (z up); body frame = torso link."""
+
+    time: float                          # s since reset (sim time)
+    joint_positions: np.ndarray          # rad, robot joint order
+    joint_velocities: np.ndarray         # rad/s
+    joint_efforts: np.ndarray            # N·m (applied motor torque)
+    base_position: np.ndarray            # (3,) m, world
+    base_orientation: np.ndarray         # (4,) quaternion x, y, z, w, body->world
+    base_linear_velocity: np.ndarray     # (3,) m/s, world
+    base_angular_velocity: np.ndarray    # (3,) rad/s, BODY frame (what a gyro reads)
+    linear_acceleration: np.ndarray      # (3,) m/s^2, BODY frame, specific force incl. gravity (+9.81 z at rest)
+    foot_contacts: np.ndarray            # (n_feet,) bool, order of robot.foot_links
+
+    def __eq__(self, other: object) -> bool:
+        """Exact equality of every field (arrays compared element-wise)."""
+        if not isinstance(other, RobotState):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, f.name), getattr(other, f.name))
+                   for f in dataclasses.fields(self))
+
+    __hash__ = None  # mutable
+
+    def rotation(self) -> np.ndarray:
+        """Body->world rotation matrix (3, 3)."""
+        return quat_to_matrix(self.base_orientation)
+
+    def gravity_body(self) -> np.ndarray:
+        """Unit gravity direction in the body frame ((0, 0, -1) when upright)."""
+        x, y, z, w = _unit_quaternion(self.base_orientation)
+        # minus the bottom row of the rotation matrix (world z expressed in the body frame)
+        return np.array([2.0 * (w * y - x * z), -2.0 * (y * z + w * x), 2.0 * (x * x + y * y) - 1.0])
+
+    def tilt(self) -> float:
+        """Angle (rad, 0..pi) between body z and world z; sign-free, so a fall to any side increases it."""
+        x, y, z, w = _unit_quaternion(self.base_orientation)
+        # body z in world = last column of the rotation matrix
+        horizontal = math.hypot(2.0 * (x * z + w * y), 2.0 * (y * z - w * x))
+        return math.atan2(horizontal, 1.0 - 2.0 * (x * x + y * y))
+
+
+class Backend(abc.ABC):
+    """A robot that takes joint position targets and is advanced one control period per ``step``."""
+
+    robot: RobotConfig
+
+    @property
+    def control_period_s(self) -> float:
+        """Time advanced by one ``step``, s."""
+        return self.robot.control_period_s
+
+    @abc.abstractmethod
+    def reset(self, joint_positions: np.ndarray, base_position: Sequence[float],
+              base_orientation: Sequence[float] = (0.0, 0.0, 0.0, 1.0)) -> RobotState:
+        """Put the robot in this pose, at rest, hold ``joint_positions`` as targets; time restarts at 0."""
+
+    @abc.abstractmethod
+    def apply(self, joint_targets: np.ndarray) -> None:
+        """Set joint position targets (rad, robot order); clamps to the joint limits.
+
+        Raises ValueError on a wrong size or a non-finite value (and then changes nothing).
+        """
+
+    @abc.abstractmethod
+    def step(self) -> RobotState:
+        """Advance exactly one control period and return the new reading."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release resources; calling it again does nothing."""
+
+    def render_rgb(self, width: int = 320, height: int = 240) -> np.ndarray:
+        """An RGB image (height, width, 3) uint8 of the robot, where the backend can draw one."""
+        raise NotImplementedError("%s cannot render images" % type(self).__name__)
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,214 @@
+"""PyBullet simulation of a robot on flat ground, behind the ``Backend`` interface.
+
+Each backend owns a ``BulletClient`` (several can live in one process).  ``reset`` rebuilds the world from scratch
+(``resetSimulation`` + ``loadURDF``) so that an episode never depends on the previous one: the same calls give
+bit-identical states.  Joints are driven by PyBullet's POSITION_CONTROL motor with the robot's kp/kd gains, torque
+limited to each joint's effort and speed limited to its velocity.
+"""
+from typing import Sequence
+
+import numpy as np
+import pybullet
+from pybullet_utils import bullet_client
+
+from op3_walk.backends.base import STANDARD_GRAVITY, Backend, RobotState, clamp_targets
+from op3_walk.robots.description import RobotConfig
+
+GRAVITY = (0.0, 0.0, -STANDARD_GRAVITY)  # world gravity, m/s^2
+GROUND_FRICTION = 0.8       # lateral (Coulomb) friction coefficient of the ground
+ROBOT_FRICTION = 1.0        # of every robot link; Bullet multiplies the two, so contacts get GROUND_FRICTION
+GROUND_RESTITUTION = 0.0    # no bouncing
+CONE_FRICTION = 0           # 0: pyramid friction; Bullet's cone friction lets a standing robot creep ~1 mm/s
+GROUND_VISUAL_HALF_SIZE = 5.0  # m, half side of the drawn ground square (the collision plane is infinite)
+GROUND_COLOR = (0.55, 0.62, 0.55, 1.0)
+CAMERA_DISTANCE = 0.6       # m, render_rgb camera distance from the torso
+CAMERA_YAW_DEG = 45.0       # deg, camera azimuth about world z
+CAMERA_PITCH_DEG = -20.0    # deg, camera elevation (negative looks down)
+CAMERA_FOV_DEG = 60.0       # deg, vertical field of view
+
+
+class PyBulletBackend(Backend):
+    """``robot`` simulated in PyBullet (DIRECT by default, GUI on request)."""
+
+    def __init__(self, robot: RobotConfig, gui: bool = False):
+        self.robot = robot
+        self.gui = gui
+        self._client = bullet_client.BulletClient(connection_mode=pybullet.GUI if gui else pybullet.DIRECT)
+        self._closed = False
+        self._names = robot.joint_names
+        self._lower, self._upper = robot.lower, robot.upper
+        self._effort, self._velocity = robot.effort, robot.velocity
+        self._substeps = robot.substeps
+        self._period = robot.control_period_s
+        self._body = -1
+        self._ground = -1
+        self._joint_ids = []  # PyBullet joint index of each robot joint
+        self._foot_ids = []   # PyBullet link index of each foot link
+        self._targets = robot.stance
+        self._com_to_link = None  # (position, orientation) of the torso link frame in its inertial frame, if not 0
+        self._steps = 0
+        self._lin_vel = np.zeros(3)
+        self.state = None  # the latest RobotState
+        # Bound calls for the per-step path (BulletClient resolves attributes on every access).
+        c = self._client
+        self._step_simulation = c.stepSimulation
+        self._set_motor = c.setJointMotorControl2
+        self._set_motors = c.setJointMotorControlArray
+        self._forces = self._effort.tolist()
+        self._kps = [robot.kp] * robot.n_joints
+        self._kds = [robot.kd] * robot.n_joints
+        self._get_joint_states = c.getJointStates
+        self._get_base_pose = c.getBasePositionAndOrientation
+        self._get_base_velocity = c.getBaseVelocity
+        self._get_contacts = c.getContactPoints
+        self._matrix_from_quaternion = c.getMatrixFromQuaternion
+
+    # -- world -------------------------------------------------------------------------------------------------
+    def _build_world(self, base_position: Sequence[float], base_orientation: Sequence[float]) -> None:
+        c = self._client
+        if self.gui:
+            c.configureDebugVisualizer(pybullet.COV_ENABLE_RENDERING, 0)  # do not draw while loading
+        c.resetSimulation()
+        c.setGravity(*GRAVITY)
+        c.setPhysicsEngineParameter(fixedTimeStep=self.robot.physics_period_s, numSubSteps=0,
+                                    deterministicOverlappingPairs=1, enableConeFriction=CONE_FRICTION)
+        plane = c.createCollisionShape(pybullet.GEOM_PLANE)
+        plane_visual = c.createVisualShape(pybullet.GEOM_BOX, halfExtents=(GROUND_VISUAL_HALF_SIZE,) * 2 + (1e-4,),
+                                           visualFramePosition=(0.0, 0.0, -1e-4), rgbaColor=GROUND_COLOR)
+        self._ground = c.createMultiBody(0.0, plane, plane_visual)
+        c.changeDynamics(self._ground, -1, lateralFriction=GROUND_FRICTION, restitution=GROUND_RESTITUTION)
+        self._body = c.loadURDF(self.robot.urdf_path, list(base_position), list(base_orientation),
+                                flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
+        joints, links = {}, {self._decode(c.getBodyInfo(self._body)[0]): -1}
+        for index in range(c.getNumJoints(self._body)):
+            info = c.getJointInfo(self._body, index)
+            joints[self._decode(info[1])] = index
+            links[self._decode(info[12])] = index
+        missing = [n for n in self._names if n not in joints] + [f for f in self.robot.foot_links if f not in links]
+        if missing:
+            raise ValueError("%s lacks joint(s)/link(s): %s" % (self.robot.urdf_path, ", ".join(missing)))
+        self._joint_ids = [joints[n] for n in self._names]
+        self._foot_ids = [links[f] for f in self.robot.foot_links]
+        for link in links.values():
+            c.changeDynamics(self._body, link, lateralFriction=ROBOT_FRICTION)
+        # PyBullet reports the base's inertial (centre of mass) frame; the body frame is the torso link frame.
+        inertial_position, inertial_orientation = c.getDynamicsInfo(self._body, -1)[3:5]
+        identity = np.allclose(inertial_position, 0.0, atol=1e-12) and np.allclose(
+            inertial_orientation, (0.0, 0.0, 0.0, 1.0), atol=1e-12)
+        self._com_to_link = None if identity else c.invertTransform(inertial_position, inertial_orientation)
+        if self.gui:
+            c.configureDebugVisualizer(pybullet.COV_ENABLE_RENDERING, 1)
+
+    @staticmethod
+    def _decode(name) -> str:
+        return name.decode("utf-8") if isinstance(name, bytes) else str(name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("PyBulletBackend is closed")
+
+    # -- Backend -----------------------------------------------------------------------------------------------
+    def reset(self, joint_positions: np.ndarray, base_position: Sequence[float],
+              base_orientation: Sequence[float] = (0.0, 0.0, 0.0, 1.0)) -> RobotState:
+        self._check_open()
+        q = clamp_targets(joint_positions, self._lower, self._upper, self._names)
+        if len(base_position) != 3 or len(base_orientation) != 4:
+            raise ValueError("base_position needs 3 values and base_orientation 4 (x, y, z, w)")
+        orientation = np.asarray(base_orientation, dtype=np.float64)
+        norm = float(np.linalg.norm(orientation))
+        if not np.all(np.isfinite(base_position)) or not np.isfinite(norm) or norm == 0.0:
+            raise ValueError("base pose must be finite with a non-zero quaternion")
+        self._build_world(base_position, orientation / norm)
+        for index, position in zip(self._joint_ids, q):
+            self._client.resetJointState(self._body, index, float(position), 0.0)
+        self._init_motors(q)
+        self._steps = 0
+        self._lin_vel = np.zeros(3)
+        self.state = self._read()
+        return self.state
+
+    def apply(self, joint_targets: np.ndarray) -> None:
+        self._check_open()
+        self._send(clamp_targets(joint_targets, self._lower, self._upper, self._names))
+
+    def step(self) -> RobotState:
+        self._check_open()
+        if self._body < 0:
+            raise RuntimeError("call reset() before step()")
+        for _ in range(self._substeps):
+            self._step_simulation()
+        self._steps += 1
+        self.state = self._read()
+        return self.state
+
+    @property
+    def joint_targets(self) -> np.ndarray:
+        """The position targets being held (rad, after clamping)."""
+        return self._targets.copy()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._client.disconnect()
+            except pybullet.error:
+                pass
+
+    def render_rgb(self, width: int = 320, height: int = 240) -> np.ndarray:
+        """Image (height, width, 3) uint8 from a camera following the torso (TinyRenderer, no GPU needed)."""
+        self._check_open()
+        c = self._client
+        target = self.state.base_position if self.state is not None else (0.0, 0.0, self.robot.spawn_height)
+        view = c.computeViewMatrixFromYawPitchRoll(cameraTargetPosition=list(target), distance=CAMERA_DISTANCE,
+                                                   yaw=CAMERA_YAW_DEG, pitch=CAMERA_PITCH_DEG, roll=0.0,
+                                                   upAxisIndex=2)
+        projection = c.computeProjectionMatrixFOV(fov=CAMERA_FOV_DEG, aspect=float(width) / height,
+                                                  nearVal=0.01, farVal=10.0)
+        _, _, rgba, _, _ = c.getCameraImage(width, height, view, projection, renderer=pybullet.ER_TINY_RENDERER)
+        return np.reshape(np.asarray(rgba, dtype=np.uint8), (height, width, 4))[:, :, :3].copy()
+
+    # -- internals ---------------------------------------------------------------------------------------------
+    def _init_motors(self, targets: np.ndarray) -> None:
+        """Configure every joint motor, including its speed limit (which later array calls leave in place)."""
+        self._targets = targets
+        for i, index in enumerate(self._joint_ids):
+            self._set_motor(self._body, index, pybullet.POSITION_CONTROL, targetPosition=float(targets[i]),
+                            force=self._forces[i], maxVelocity=float(self._velocity[i]),
+                            positionGain=self.robot.kp, velocityGain=self.robot.kd)
+
+    def _send(self, targets: np.ndarray) -> None:
+        """New position targets for all joints in one call (setJointMotorControlArray cannot set maxVelocity)."""
+        self._targets = targets
+        self._set_motors(self._body, self._joint_ids, pybullet.POSITION_CONTROL, targetPositions=targets.tolist(),
+                         forces=self._forces, positionGains=self._kps, velocityGains=self._kds)
+
+    def _read(self) -> RobotState:
+        """The current state; the acceleration is the base velocity change since the previous read."""
+        joints = self._get_joint_states(self._body, self._joint_ids)
+        position, orientation = self._get_base_pose(self._body)
+        lin_vel, ang_vel = self._get_base_velocity(self._body)
+        lin_vel = np.array(lin_vel)
+        if self._com_to_link is not None:  # move from the centre of mass to the torso link origin
+            com = np.array(position)
+            position, orientation = self._client.multiplyTransforms(position, orientation, *self._com_to_link)
+            lin_vel = lin_vel + np.cross(ang_vel, np.array(position) - com)
+        rotation = np.reshape(self._matrix_from_quaternion(orientation), (3, 3))
+        # Specific force: what an accelerometer reads (a - g), from the base velocity change over one control period.
+        accel_world = (lin_vel - self._lin_vel) / self._period if self._steps else np.zeros(3)
+        specific_force = accel_world - np.array(GRAVITY)
+        body = self._body
+        touching = {point[3] if point[1] == body else point[4]
+                    for point in self._get_contacts(body, self._ground) if point[9] > 0.0}
+        self._lin_vel = lin_vel
+        return RobotState(
+            time=self._steps * self._period,
+            joint_positions=np.array([j[0] for j in joints]),
+            joint_velocities=np.array([j[1] for j in joints]),
+            joint_efforts=np.array([j[3] for j in joints]),
+            base_position=np.array(position),
+            base_orientation=np.array(orientation),
+            base_linear_velocity=lin_vel,
+            base_angular_velocity=rotation.T.dot(ang_vel),
+            linear_acceleration=rotation.T.dot(specific_force),
+            foot_contacts=np.array([f in touching for f in self._foot_ids], dtype=bool),
+        )

@@ -1,0 +1,158 @@
+"""Robot description: joints, limits, gains and rates, loaded from ``config/robots/<name>.yaml``.
+
+The YAML file is the single source of the joint list; the URDF generator and every backend read it from here.
+"""
+import dataclasses
+import os
+from typing import Any, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from op3_walk import CONFIG_DIR, PACKAGE_ROOT
+from op3_walk.config import ConfigError, doc, from_dict, load, to_dict
+
+ROBOTS_DIR = os.path.join(CONFIG_DIR, "robots")
+
+
+@dataclasses.dataclass
+class JointConfig:
+    """One revolute joint (angles in rad, REP 103 frames)."""
+
+    name: str = doc("joint name (URDF joint and ROS JointState name)")
+    lower: float = doc("lower position limit, rad")
+    upper: float = doc("upper position limit, rad")
+    stance: float = doc("position in the standing pose used at reset and as action offset, rad")
+    effort: float = doc("maximum motor torque, N·m")
+    velocity: float = doc("maximum joint speed, rad/s")
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ValueError("joint name must not be empty")
+        if not self.lower < self.upper:
+            raise ValueError("joint %s: lower (%g) must be below upper (%g)" % (self.name, self.lower, self.upper))
+        if not self.lower <= self.stance <= self.upper:
+            raise ValueError("joint %s: stance %g outside limits [%g, %g]"
+                             % (self.name, self.stance, self.lower, self.upper))
+        if self.effort <= 0.0 or self.velocity <= 0.0:
+            raise ValueError("joint %s: effort and velocity must be positive" % self.name)
+
+
+@dataclasses.dataclass
+class RobotConfig:
+    """A legged robot as the simulators and the controllers see it."""
+
+    name: str = doc("robot name")
+    urdf: str = doc("URDF file, relative to the package root (or absolute)")
+    torso_link: str = doc("URDF link whose frame is the body frame (IMU frame)")
+    foot_links: List[str] = doc("URDF links that touch the ground, left first")
+    joints: List[JointConfig] = doc("actuated joints, in the robot's joint order")
+    kp: float = doc("PyBullet POSITION_CONTROL positionGain (dimensionless)")
+    kd: float = doc("PyBullet POSITION_CONTROL velocityGain (dimensionless)")
+    control_rate_hz: float = doc("policy / servo command rate, Hz")
+    physics_rate_hz: float = doc("simulator physics step rate, Hz")
+    spawn_height: float = doc("torso origin height above the ground at reset, m")
+
+    def validate(self) -> None:
+        names = [j.name for j in self.joints]
+        if not names:
+            raise ValueError("robot %s has no joints" % self.name)
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError("duplicate joint name(s): %s" % ", ".join(duplicates))
+        for joint in self.joints:
+            joint.validate()
+        if not self.foot_links:
+            raise ValueError("foot_links must name at least one link")
+        if len(set(self.foot_links)) != len(self.foot_links):
+            raise ValueError("duplicate foot link names: %s" % self.foot_links)
+        if self.control_rate_hz <= 0.0 or self.physics_rate_hz <= 0.0:
+            raise ValueError("rates must be positive")
+        ratio = self.physics_rate_hz / self.control_rate_hz
+        if ratio < 1.0 or abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError("physics_rate_hz (%g) must be an integer multiple of control_rate_hz (%g)"
+                             % (self.physics_rate_hz, self.control_rate_hz))
+        if self.kp <= 0.0 or self.kd < 0.0:
+            raise ValueError("kp must be positive and kd non-negative")
+        if not self.spawn_height > 0.0:
+            raise ValueError("spawn_height must be positive")
+
+    @property
+    def joint_names(self) -> Tuple[str, ...]:
+        return tuple(j.name for j in self.joints)
+
+    @property
+    def n_joints(self) -> int:
+        return len(self.joints)
+
+    @property
+    def lower(self) -> np.ndarray:
+        """Lower joint limits, rad."""
+        return np.array([j.lower for j in self.joints], dtype=np.float64)
+
+    @property
+    def upper(self) -> np.ndarray:
+        """Upper joint limits, rad."""
+        return np.array([j.upper for j in self.joints], dtype=np.float64)
+
+    @property
+    def stance(self) -> np.ndarray:
+        """Standing pose, rad."""
+        return np.array([j.stance for j in self.joints], dtype=np.float64)
+
+    @property
+    def effort(self) -> np.ndarray:
+        """Maximum joint torques, N·m."""
+        return np.array([j.effort for j in self.joints], dtype=np.float64)
+
+    @property
+    def velocity(self) -> np.ndarray:
+        """Maximum joint speeds, rad/s."""
+        return np.array([j.velocity for j in self.joints], dtype=np.float64)
+
+    @property
+    def control_period_s(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+    @property
+    def physics_period_s(self) -> float:
+        return 1.0 / self.physics_rate_hz
+
+    @property
+    def substeps(self) -> int:
+        """Physics steps per control period."""
+        return int(round(self.physics_rate_hz / self.control_rate_hz))
+
+    @property
+    def urdf_path(self) -> str:
+        """Absolute path of the URDF file."""
+        return self.urdf if os.path.isabs(self.urdf) else os.path.join(PACKAGE_ROOT, self.urdf)
+
+    def joint(self, name: str) -> JointConfig:
+        """The joint called ``name`` (KeyError if absent)."""
+        for j in self.joints:
+            if j.name == name:
+                return j
+        raise KeyError(name)
+
+
+def find_config(name_or_path: str, folder: str) -> str:
+    """A bare name (no separator, no .yaml) means ``<folder>/<name>.yaml``; anything else is a path."""
+    if os.sep not in name_or_path and "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
+        path = os.path.join(folder, name_or_path + ".yaml")
+        if not os.path.isfile(path):
+            known = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+            raise ConfigError("unknown name %r: no %s (known: %s)" % (name_or_path, path, ", ".join(known) or "none"))
+        return path
+    return name_or_path
+
+
+def load_robot(name_or_path: Any, overrides: Optional[Mapping[str, Any]] = None) -> RobotConfig:
+    """Load a robot by name ("plen" -> ``config/robots/plen.yaml``) or YAML path; a ``RobotConfig`` passes through.
+
+    ``overrides`` replace top-level keys and are validated like the file.
+    """
+    if isinstance(name_or_path, RobotConfig):
+        if not overrides:
+            return name_or_path
+        return from_dict(RobotConfig, dict(to_dict(name_or_path), **overrides))
+    return load(RobotConfig, find_config(str(name_or_path), ROBOTS_DIR), overrides)
