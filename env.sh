@@ -6,6 +6,9 @@ elif [ -n "${ZSH_VERSION:-}" ]; then _op3_root="$(cd "$(dirname "${(%):-%x}")" &
 else _op3_root="$(pwd)"; fi
 if [ -n "${ZSH_VERSION:-}" ]; then _op3_sh=zsh; else _op3_sh=bash; fi
 
+# catkin's setup scripts read unset variables: relax `set -u` while sourcing them, restore it after.
+case $- in *u*) _op3_nounset=1; set +u ;; *) _op3_nounset="" ;; esac
+
 if [ ! -f "$_op3_root/.ws/devel/setup.$_op3_sh" ]; then
   echo "op3_walk: workspace not built yet; run 'make setup' in $_op3_root first" >&2
 else
@@ -17,4 +20,5 @@ else
   case ":$PATH:" in *":$VIRTUAL_ENV/bin:"*) ;; *) export PATH="$VIRTUAL_ENV/bin:$PATH" ;; esac
   export OP3_WALK_ROOT="$_op3_root"
 fi
-unset _op3_root _op3_sh
+[ -n "$_op3_nounset" ] && set -u
+unset _op3_root _op3_sh _op3_nounset

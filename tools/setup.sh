@@ -65,19 +65,27 @@ else
 fi
 
 # --- 4. catkin workspace -----------------------------------------------------------------------------------
+# The package in the workspace is a folder of links to the repository's top-level entries (not one link to the
+# root: the root holds .ws itself, and tools that follow links, like rosrun's `find -L`, would loop).
 WS="$ROOT/.ws"
-mkdir -p "$WS/src"
-if [ "$(readlink "$WS/src/op3_walk" 2>/dev/null)" != "$ROOT" ]; then
-  rm -rf "$WS/src/op3_walk"
-  ln -s "$ROOT" "$WS/src/op3_walk"
-fi
-# A nested workspace must not see itself: catkin ignores folders holding CATKIN_IGNORE.
-touch "$WS/CATKIN_IGNORE"
-BUILD_HASH="$(printf '%s\n' "$ROOT" | cat - package.xml CMakeLists.txt setup.py msg/*.msg srv/*.srv | sha256sum | cut -d' ' -f1)"
+PKG="$WS/src/op3_walk"
+[ -L "$PKG" ] && rm -f "$PKG"
+mkdir -p "$PKG"
+for entry in "$ROOT"/*; do
+  name="$(basename "$entry")"
+  case "$name" in out) continue ;; esac
+  [ "$(readlink "$PKG/$name" 2>/dev/null)" = "$entry" ] || ln -sfn "$entry" "$PKG/$name"
+done
+for link in "$PKG"/*; do [ -e "$link" ] || rm -f "$link"; done   # entries removed from the repository
+# catkin's scripts (and the devel-space relays that rosrun/roslaunch start) run with PYTHON_EXECUTABLE: the venv's
+# interpreter, which is the ROS Python itself plus our packages. Named explicitly, never taken from PATH.
+CATKIN_PY="$VENV/bin/python3"
+BUILD_HASH="$(printf '%s\n' "$ROOT" "$CATKIN_PY" | cat - package.xml CMakeLists.txt setup.py msg/*.msg srv/*.srv \
+  | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMPS/catkin" 2>/dev/null)" != "$BUILD_HASH" ] || [ ! -f "$WS/devel/setup.bash" ]; then
-  log "catkin: building .ws (messages, services, python paths) with $ROS_PY"
+  log "catkin: building .ws (messages, services, python paths) with $CATKIN_PY (-> $(readlink -f "$CATKIN_PY"))"
   # PATH starts with the system directories so that no other python3 (pyenv, conda) shadows the ROS one.
-  (cd "$WS" && PATH="/usr/bin:/bin:$PATH" catkin_make -DPYTHON_EXECUTABLE="$ROS_PY" \
+  (cd "$WS" && PATH="/usr/bin:/bin:$PATH" catkin_make -DPYTHON_EXECUTABLE="$CATKIN_PY" \
       -DCATKIN_ENABLE_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > "$WS/build.log" 2>&1) \
     || { tail -40 "$WS/build.log" >&2; die "catkin_make failed (full log: .ws/build.log)"; }
   echo "$BUILD_HASH" > "$STAMPS/catkin"

@@ -41,6 +41,8 @@ class LearnerParams:
     state_timeout: float = doc("s to wait for the controller's answer to one action before giving up", 10.0)
     connect_timeout: float = doc("s to wait for the controller to appear at start-up", 60.0)
     progress: bool = doc("show a progress bar on the console", True)
+    wait_for_recorder: bool = doc("wait (up to connect_timeout) for a recorder subscribed to walker/action and "
+                                  "walker/episode before the first reset, so a bag misses nothing", False)
 
 
 class LearnerNode:
@@ -59,8 +61,23 @@ class LearnerNode:
             out_dir, meta={"robot": robot.name, "task": params.task}, resume=params.resume,
             on_episode=[self._publish_stats], should_stop=rospy.is_shutdown, progress=params.progress)
         self.save_srv = rospy.Service("learner/save_checkpoint", SaveCheckpoint, self._on_save)
+        if params.wait_for_recorder:
+            self._wait_for_recorder(params.connect_timeout)
         rospy.loginfo("learner: %s on %s, %d steps, outputs in %s", params.algo, robot.name, params.steps,
                       self.session.out_dir)
+
+    def _wait_for_recorder(self, timeout: float) -> None:
+        """A recorder subscribes to all its topics at once: once it is connected to both of ours (the action
+        topic then has the controller and the recorder), its state subscription is registered too."""
+        deadline = rospy.get_time() + timeout
+        action_pub = self.env.action_publisher
+        while action_pub.get_num_connections() < 2 or self.stats_pub.get_num_connections() < 1:
+            if rospy.is_shutdown():
+                return
+            if rospy.get_time() > deadline:
+                rospy.logwarn("learner: no recorder connected within %.0f s; training without waiting", timeout)
+                return
+            rospy.sleep(0.05)
 
     def _publish_stats(self, record: EpisodeRecord) -> None:
         msg = EpisodeStats()

@@ -55,6 +55,10 @@ class RosWalkEnv(gymnasium.Env):
         self._reset_proxy = rospy.ServiceProxy(self._reset_name, ResetEpisode, persistent=True)
         self._wait_connected(connect_timeout)
 
+    @property
+    def action_publisher(self) -> rospy.Publisher:
+        return self._pub
+
     def _wait_connected(self, timeout: float) -> None:
         """Both topic connections must exist before the first exchange, or the first messages are lost."""
         deadline = time.monotonic() + timeout

@@ -8,13 +8,14 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from op3_walk.config import ConfigError, load, to_dict
+from op3_walk.agents import AGENTS, agent_classes
+from op3_walk.config import ConfigError, load
 from op3_walk.training.checkpoint import load_checkpoint, save_checkpoint
 from op3_walk.training.logger import EpisodeCsv
 from op3_walk.training.loop import EpisodeRecord, Trainer, TrainConfig, TrainSummary
 from op3_walk.training.plots import plot_learning_curves
 
-ALGOS = ("td3",)
+ALGOS = tuple(sorted(AGENTS))
 CHECKPOINT_NAME = "checkpoint.pt"
 CSV_NAME = "episodes.csv"
 CURVE_NAME = "learning_curve.png"
@@ -22,11 +23,11 @@ CURVE_NAME = "learning_curve.png"
 
 def build_agent(algo: str, obs_dim: int, act_dim: int, agent_config: str = "", seed: int = 0) -> Any:
     """The agent for ``algo`` configured from ``agent_config`` (default ``config/agents/<algo>.yaml``)."""
-    if algo == "td3":
-        from op3_walk.agents.td3 import TD3Agent, TD3Config
-        return TD3Agent(obs_dim, act_dim, load(TD3Config, agent_config or "agents/td3.yaml"), seed=seed)
-    raise ConfigError("unknown algo %r; available: %s (DQN, DDPG and SAC come with the agents issue)"
-                      % (algo, ", ".join(ALGOS)))
+    try:
+        agent_cls, config_cls = agent_classes(algo)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return agent_cls(obs_dim, act_dim, load(config_cls, agent_config or "agents/%s.yaml" % algo), seed=seed)
 
 
 class TrainingSession:
@@ -104,7 +105,3 @@ class TrainingSession:
                 % (summary.episodes, summary.env_steps, summary.updates, summary.wall_time, sps,
                    " [stopped early]" if summary.stopped_early else "", self.out_dir))
 
-
-def config_snapshot(**sections: Any) -> Dict[str, Any]:
-    """Plain-data copy of the config dataclasses of a run (stored in checkpoint meta)."""
-    return {name: to_dict(value) for name, value in sections.items()}

@@ -1,0 +1,80 @@
+"""train.launch end to end against a real roscore: the session trains, writes its outputs, records a bag, and
+every process it started is gone afterwards (whether it ends by its budget or by Ctrl-C)."""
+import csv
+import os
+import subprocess
+
+import pytest
+
+from conftest import wait_until
+
+STEPS = 600
+
+
+def launch_args(out_dir, agent_config, **extra):
+    args = ["roslaunch", "op3_walk", "train.launch", "headless:=true", "progress:=false",
+            "out_dir:=%s" % out_dir, "agent_config:=%s" % agent_config]
+    args += ["%s:=%s" % kv for kv in extra.items()]
+    return args
+
+
+def test_session_runs_its_budget_and_leaves_checkpoint_csv_curve_and_bag(spawn, tmp_path, small_agent_config):
+    out = tmp_path / "run"
+    proc = spawn(launch_args(out, small_agent_config, steps=STEPS, record="true", checkpoint_every=250),
+                 name="train")
+    # The learner is required: spending its budget ends the whole launch by itself, cleanly.
+    assert proc.wait(timeout=240) == 0, proc.log()[-4000:]
+    assert not proc.orphans(), "processes left behind: %s" % proc.orphans()
+
+    from op3_walk.training.checkpoint import read_meta
+    meta = read_meta(str(out / "checkpoint.pt"))
+    assert meta["env_steps"] == STEPS and meta["robot"] == "plen" and meta["algo"] == "td3"
+    assert meta["updates"] > 0, "learning never started"
+
+    with open(out / "episodes.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows, "no episode finished"
+    assert int(rows[-1]["total_env_steps"]) <= STEPS
+    assert all(int(r["length"]) > 0 for r in rows)
+    assert sum(int(r["length"]) for r in rows) <= STEPS
+    assert (out / "learning_curve.png").stat().st_size > 1000
+
+    info = subprocess.run(["rosbag", "info", "--yaml", str(out / "session.bag")], capture_output=True, text=True,
+                          check=True).stdout
+    import yaml
+    # rosbag stores the names as given: relative, i.e. relative to the namespace the session ran in.
+    topics = {t["topic"].lstrip("/"): t["messages"] for t in yaml.safe_load(info)["topics"]}
+    for topic in ("walker/state", "walker/action", "walker/episode", "joint_states", "imu/data"):
+        assert topics.get(topic, 0) > 0, "bag lacks %s: %s" % (topic, topics)
+    assert topics["walker/episode"] == len(rows)
+    assert topics["walker/action"] == STEPS                       # every action the learner sent
+    # One state per step plus one per reset (the last reset has no episode row unless the budget ended exactly
+    # at an episode's end): nothing was lost, the learner waits for the recorder before its first reset.
+    assert topics["walker/state"] in (STEPS + len(rows), STEPS + len(rows) + 1)
+
+
+def test_ctrl_c_and_save_service_leave_a_checkpoint_and_no_orphans(spawn, tmp_path, small_agent_config,
+                                                                   rospy_node):
+    rospy = rospy_node
+    from op3_walk.srv import SaveCheckpoint
+    from op3_walk.training.checkpoint import read_meta
+    out = tmp_path / "run"
+    proc = spawn(launch_args(out, small_agent_config, steps=10 ** 6, checkpoint_every=0), name="train")
+    try:
+        rospy.wait_for_service("/learner/save_checkpoint", timeout=60)
+    except rospy.ROSException:
+        raise AssertionError("learner did not start:\n" + proc.log()[-4000:])
+    wait_until(lambda: (out / "episodes.csv").exists(), 120, what="a first episode")
+    proc.track()
+
+    requested = tmp_path / "requested" / "snap.pt"
+    save = rospy.ServiceProxy("/learner/save_checkpoint", SaveCheckpoint)
+    resp = save(path=str(requested))
+    assert resp.success, resp.message
+    assert resp.path == str(requested) and read_meta(str(requested))["env_steps"] > 0
+
+    assert proc.interrupt(timeout=60) == 0, proc.log()[-4000:]
+    assert not proc.orphans(), "processes left behind: %s" % proc.orphans()
+    meta = read_meta(str(out / "checkpoint.pt"))  # written on shutdown
+    assert meta["env_steps"] >= read_meta(str(requested))["env_steps"]
+    assert "Traceback" not in proc.log(), proc.log()[-4000:]
