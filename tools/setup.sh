@@ -35,7 +35,7 @@ else
   [ "$(id -u)" = 0 ] && SUDO="" || SUDO="sudo"
   log "ROS: not found; installing Debian's ROS1 packages: $APT_PACKAGES"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $APT_PACKAGES
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $APT_PACKAGES
   ros_ok || die "ROS1 packages installed but rospy/catkin still missing for $ROS_PY"
 fi
 

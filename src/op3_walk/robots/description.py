@@ -84,30 +84,33 @@ class RobotConfig:
     def n_joints(self) -> int:
         return len(self.joints)
 
+    def _per_joint(self, field: str) -> np.ndarray:
+        return np.array([getattr(j, field) for j in self.joints], dtype=np.float64)
+
     @property
     def lower(self) -> np.ndarray:
         """Lower joint limits, rad."""
-        return np.array([j.lower for j in self.joints], dtype=np.float64)
+        return self._per_joint("lower")
 
     @property
     def upper(self) -> np.ndarray:
         """Upper joint limits, rad."""
-        return np.array([j.upper for j in self.joints], dtype=np.float64)
+        return self._per_joint("upper")
 
     @property
     def stance(self) -> np.ndarray:
         """Standing pose, rad."""
-        return np.array([j.stance for j in self.joints], dtype=np.float64)
+        return self._per_joint("stance")
 
     @property
     def effort(self) -> np.ndarray:
         """Maximum joint torques, N·m."""
-        return np.array([j.effort for j in self.joints], dtype=np.float64)
+        return self._per_joint("effort")
 
     @property
     def velocity(self) -> np.ndarray:
         """Maximum joint speeds, rad/s."""
-        return np.array([j.velocity for j in self.joints], dtype=np.float64)
+        return self._per_joint("velocity")
 
     @property
     def control_period_s(self) -> float:

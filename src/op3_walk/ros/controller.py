@@ -22,7 +22,7 @@ from op3_walk.config import doc
 from op3_walk.envs.walk_env import WalkEnv, observation_layout
 from op3_walk.msg import WalkerAction, WalkerState
 from op3_walk.ros.conversions import (action_from_message, imu_message, joint_state_message, state_message)
-from op3_walk.ros.params import load_private_params
+from op3_walk.ros.params import load_private_params, run_node
 from op3_walk.srv import ResetEpisode, ResetEpisodeResponse
 
 
@@ -124,7 +124,8 @@ class ControllerNode:
 
 
 def main() -> None:
-    rospy.init_node("controller")
-    node = ControllerNode(load_private_params(ControllerParams))
-    rospy.on_shutdown(node.close)
-    rospy.spin()
+    def body() -> None:
+        node = ControllerNode(load_private_params(ControllerParams))
+        rospy.on_shutdown(node.close)
+        rospy.spin()
+    run_node("controller", body)

@@ -18,9 +18,10 @@ from op3_walk.config import doc
 from op3_walk.envs.walk_env import load_task
 from op3_walk.msg import EpisodeStats
 from op3_walk.robots import load_robot
-from op3_walk.ros.params import load_private_params
+from op3_walk.ros.params import load_private_params, run_node
 from op3_walk.ros.remote_env import RosWalkEnv
 from op3_walk.srv import SaveCheckpoint, SaveCheckpointResponse
+from op3_walk.training.checkpoint import read_meta
 from op3_walk.training.loop import EpisodeRecord, TrainConfig
 from op3_walk.training.session import TrainingSession, build_agent
 
@@ -50,6 +51,9 @@ class LearnerNode:
         self.params = params
         robot = load_robot(params.robot)
         task = load_task(params.task)
+        if params.resume:  # refuse a bad checkpoint now, not after waiting for the controller
+            read_meta(os.path.expanduser(params.resume),
+                      expect={"robot": robot.name, "task": params.task, "algo": params.algo})
         self.stats_pub = rospy.Publisher("walker/episode", EpisodeStats, queue_size=100)
         self.env = RosWalkEnv(robot, task, state_timeout=params.state_timeout,
                               connect_timeout=params.connect_timeout)
@@ -58,7 +62,7 @@ class LearnerNode:
         self.session = TrainingSession(
             agent, self.env, TrainConfig(total_steps=params.steps, seed=params.seed,
                                          checkpoint_every=params.checkpoint_every),
-            out_dir, meta={"robot": robot.name, "task": params.task}, resume=params.resume,
+            out_dir, meta={"robot": robot.name, "task": params.task}, resume=os.path.expanduser(params.resume),
             on_episode=[self._publish_stats], should_stop=rospy.is_shutdown, progress=params.progress)
         self.save_srv = rospy.Service("learner/save_checkpoint", SaveCheckpoint, self._on_save)
         if params.wait_for_recorder:
@@ -109,5 +113,4 @@ class LearnerNode:
 
 
 def main() -> None:
-    rospy.init_node("learner")
-    LearnerNode(load_private_params(LearnerParams)).run()
+    run_node("learner", lambda: LearnerNode(load_private_params(LearnerParams)).run())
