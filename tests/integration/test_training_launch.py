@@ -67,6 +67,19 @@ def test_ctrl_c_and_save_service_leave_a_checkpoint_and_no_orphans(spawn, tmp_pa
     wait_until(lambda: (out / "episodes.csv").exists(), 120, what="a first episode")
     proc.track()
 
+    # What a person watching from a second terminal sees: readable fields, not just a vector.
+    state = subprocess.run(["rostopic", "echo", "-n", "1", "/walker/state"], capture_output=True, text=True,
+                           timeout=60, check=True).stdout
+    for field in ("episode:", "joint_names:", "l_hip_yaw", "joint_positions:", "torso_pose:", "foot_names:",
+                  "l_foot", "foot_contacts:", "reward_term_names:", "forward_velocity", "observation_names:",
+                  "previous_action", "distance:"):
+        assert field in state, "rostopic echo /walker/state lacks %r:\n%s" % (field, state[:2000])
+    stats = subprocess.run(["rostopic", "echo", "-n", "1", "/walker/episode"], capture_output=True, text=True,
+                           timeout=120, check=True).stdout
+    for field in ("episode_return:", "length:", "distance:", "fell:", "env_steps_per_s:",
+                  "reward_term_sums:"):
+        assert field in stats, "rostopic echo /walker/episode lacks %r:\n%s" % (field, stats)
+
     requested = tmp_path / "requested" / "snap.pt"
     save = rospy.ServiceProxy("/learner/save_checkpoint", SaveCheckpoint)
     resp = save(path=str(requested))

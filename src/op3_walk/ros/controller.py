@@ -97,7 +97,13 @@ class ControllerNode:
                 rospy.logerr_throttle(5.0, "controller: rejected action (episode %d step %d): %s; %d rejected so far",
                                       msg.episode, msg.step, exc, self.rejected_actions)
                 return
-            obs, reward, terminated, truncated, info = self.env.step(action)
+            try:
+                obs, reward, terminated, truncated, info = self.env.step(action)
+            except Exception as exc:  # a backend failure ends the episode; the learner's next reset starts afresh
+                self.episode_over = True
+                rospy.logerr("controller: step failed at episode %d step %d, episode abandoned: %s",
+                             self.episode, self.step, exc)
+                return
             self.step += 1
             self.episode_over = bool(terminated or truncated)
             self._publish(obs, reward, terminated, truncated, info)
