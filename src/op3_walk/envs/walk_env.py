@@ -108,13 +108,13 @@ def fall(ctx: StepContext) -> float:
 
 
 # name -> term; each name is also a RewardWeights field. Add a term by adding both.
-REWARD_TERMS = {
+REWARD_TERMS: Dict[str, Callable[[StepContext], float]] = {
     "forward_velocity": forward_velocity,
     "alive": alive,
     "tilt": tilt,
     "action_rate": action_rate,
     "fall": fall,
-}  # type: Dict[str, Callable[[StepContext], float]]
+}
 
 
 def weighted_terms(weights: RewardWeights, ctx: StepContext) -> Dict[str, float]:

@@ -47,7 +47,6 @@ class ControllerNode:
         self.layout = observation_layout(self.robot)
         self.lock = threading.Lock()
         self.episode = 0
-        self.step = 0
         self.episode_over = True
         self.last_state = None          # the WalkerState published last (re-sent on a repeated action)
         self.dropped_actions = 0         # actions for another (episode, step)
@@ -64,6 +63,11 @@ class ControllerNode:
                       "waiting for walker/reset", self.robot.name, self.robot.n_joints, self.robot.control_rate_hz,
                       params.task, self.env.observation_space.shape[0], self.env.action_space.shape[0])
 
+    @property
+    def step(self) -> int:
+        """Control steps of the current episode (the env counts them)."""
+        return self.env.step_count
+
     # -- ROS callbacks ------------------------------------------------------------------------------------------
     def _on_reset(self, req) -> ResetEpisodeResponse:
         with self.lock:
@@ -73,7 +77,6 @@ class ControllerNode:
                 rospy.logerr("controller: reset failed: %s", exc)
                 return ResetEpisodeResponse(success=False, message="reset failed: %s" % exc)
             self.episode += 1
-            self.step = 0
             self.episode_over = False
             msg = self._publish(obs, 0.0, False, False, info)
         return ResetEpisodeResponse(success=True, message="", state=msg)
@@ -104,7 +107,6 @@ class ControllerNode:
                 rospy.logerr("controller: step failed at episode %d step %d, episode abandoned: %s",
                              self.episode, self.step, exc)
                 return
-            self.step += 1
             self.episode_over = bool(terminated or truncated)
             self._publish(obs, reward, terminated, truncated, info)
 
