@@ -6,7 +6,7 @@ A backend holds position targets for the joints and advances the robot one contr
 import abc
 import dataclasses
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,6 +50,12 @@ def clamp_targets(joint_targets: Sequence[float], lower: np.ndarray, upper: np.n
     return np.minimum(np.maximum(targets, lower), upper)
 
 
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind == "f")
+
+
 @dataclasses.dataclass(eq=False)
 class RobotState:
     """One reading of the robot, SI units, REP 103. World frame 'odom' (z up); body frame = torso link."""
@@ -64,13 +70,20 @@ class RobotState:
     base_angular_velocity: np.ndarray    # (3,) rad/s, BODY frame (what a gyro reads)
     linear_acceleration: np.ndarray      # (3,) m/s^2, BODY frame, specific force incl. gravity (+9.81 z at rest)
     foot_contacts: np.ndarray            # (n_feet,) bool, order of robot.foot_links
+    # Privileged quantities: exact in simulation, estimated or absent (None) on real robots. Rewards may use them;
+    # observations do not unless a task config asks for it.
+    com_position: Optional[np.ndarray] = None       # (3,) m, world: whole-body centre of mass
+    com_velocity: Optional[np.ndarray] = None       # (3,) m/s, world
+    foot_positions: Optional[np.ndarray] = None     # (n_feet, 3) m, world: origin of each foot link frame
+    foot_orientations: Optional[np.ndarray] = None  # (n_feet, 4) quaternions x, y, z, w, foot link -> world
+    foot_forces: Optional[np.ndarray] = None        # (n_feet,) N: total normal ground force on each foot
+    center_of_pressure: Optional[np.ndarray] = None  # (3,) m, world: of all ground contacts (NaN when airborne)
 
     def __eq__(self, other: object) -> bool:
         """Exact equality of every field (arrays compared element-wise)."""
         if not isinstance(other, RobotState):
             return NotImplemented
-        return all(np.array_equal(getattr(self, f.name), getattr(other, f.name))
-                   for f in dataclasses.fields(self))
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
 
     __hash__ = None  # mutable
 

@@ -44,6 +44,9 @@ class PyBulletBackend(Backend):
         self._ground = -1
         self._joint_ids = []  # PyBullet joint index of each robot joint
         self._foot_ids = []   # PyBullet link index of each foot link
+        self._link_ids = []   # every link but the base
+        self._masses = np.zeros(0)  # kg: base, then links in PyBullet order
+        self._total_mass = 0.0
         self._targets = robot.stance
         self._com_to_link = None  # (position, orientation) of the torso link frame in its inertial frame, if not 0
         self._steps = 0
@@ -61,6 +64,7 @@ class PyBulletBackend(Backend):
         self._get_base_pose = c.getBasePositionAndOrientation
         self._get_base_velocity = c.getBaseVelocity
         self._get_contacts = c.getContactPoints
+        self._get_link_states = c.getLinkStates
         self._matrix_from_quaternion = c.getMatrixFromQuaternion
 
     # -- world -------------------------------------------------------------------------------------------------
@@ -91,6 +95,10 @@ class PyBulletBackend(Backend):
         self._foot_ids = [links[f] for f in self.robot.foot_links]
         for link in links.values():
             c.changeDynamics(self._body, link, lateralFriction=ROBOT_FRICTION)
+        self._link_ids = list(range(c.getNumJoints(self._body)))
+        masses = [c.getDynamicsInfo(self._body, link)[0] for link in [-1] + self._link_ids]
+        self._masses = np.array(masses)
+        self._total_mass = float(self._masses.sum())
         # PyBullet reports the base's inertial (centre of mass) frame; the body frame is the torso link frame.
         inertial_position, inertial_orientation = c.getDynamicsInfo(self._body, -1)[3:5]
         identity = np.allclose(inertial_position, 0.0, atol=1e-12) and np.allclose(
@@ -197,8 +205,22 @@ class PyBulletBackend(Backend):
         accel_world = (lin_vel - self._lin_vel) / self._period if self._steps else np.zeros(3)
         specific_force = accel_world - np.array(GRAVITY)
         body = self._body
-        touching = {point[3] if point[1] == body else point[4]
-                    for point in self._get_contacts(body, self._ground) if point[9] > 0.0}
+        contacts = [p for p in self._get_contacts(body, self._ground) if p[9] > 0.0]
+        foot_forces = np.zeros(len(self._foot_ids))
+        for point in contacts:
+            link = point[3] if point[1] == body else point[4]
+            for i, foot in enumerate(self._foot_ids):
+                if link == foot:
+                    foot_forces[i] += point[9]
+        if contacts:
+            forces = np.array([p[9] for p in contacts])
+            cop = forces.dot(np.array([p[6] if p[1] == body else p[5] for p in contacts])) / forces.sum()
+        else:
+            cop = np.full(3, np.nan)
+        links = self._get_link_states(body, self._link_ids, computeLinkVelocity=1)
+        com_positions = np.array([self._get_base_pose(body)[0]] + [link[0] for link in links])
+        com_velocities = np.array([self._get_base_velocity(body)[0]] + [link[6] for link in links])
+        feet = [links[i] for i in self._foot_ids]
         self._lin_vel = lin_vel
         return RobotState(
             time=self._steps * self._period,
@@ -210,5 +232,11 @@ class PyBulletBackend(Backend):
             base_linear_velocity=lin_vel,
             base_angular_velocity=rotation.T.dot(ang_vel),
             linear_acceleration=rotation.T.dot(specific_force),
-            foot_contacts=np.array([f in touching for f in self._foot_ids], dtype=bool),
+            foot_contacts=foot_forces > 0.0,
+            com_position=self._masses.dot(com_positions) / self._total_mass,
+            com_velocity=self._masses.dot(com_velocities) / self._total_mass,
+            foot_positions=np.array([f[4] for f in feet]),
+            foot_orientations=np.array([f[5] for f in feet]),
+            foot_forces=foot_forces,
+            center_of_pressure=cop,
         )

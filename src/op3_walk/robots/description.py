@@ -37,6 +37,27 @@ class JointConfig:
             raise ValueError("joint %s: effort and velocity must be positive" % self.name)
 
 
+LEG_JOINT_ROLES = ("hip_yaw", "hip_roll", "hip_pitch", "knee", "ankle_pitch", "ankle_roll")
+
+
+@dataclasses.dataclass
+class LegConfig:
+    """One leg: its joints from hip to foot (in ``LEG_JOINT_ROLES`` order) and its sole link.
+
+    The kinematics (``op3_walk.robots.kinematics``) reads the geometry of this chain from the URDF; it expects the
+    hip yaw, roll and pitch axes to meet in one point and the ankle pitch and roll axes to meet in another.
+    """
+
+    name: str = doc("leg name, e.g. left or right")
+    joints: List[str] = doc("the leg's joint names in order: hip yaw, hip roll, hip pitch, knee, ankle pitch, "
+                            "ankle roll")
+    foot: str = doc("URDF link of the sole (the link whose ground contact counts as this foot's)")
+
+    def role(self, role: str) -> str:
+        """Name of this leg's joint playing ``role`` (one of ``LEG_JOINT_ROLES``)."""
+        return self.joints[LEG_JOINT_ROLES.index(role)]
+
+
 @dataclasses.dataclass
 class RobotConfig:
     """A legged robot as the simulators and the controllers see it."""
@@ -44,7 +65,7 @@ class RobotConfig:
     name: str = doc("robot name")
     urdf: str = doc("URDF file, relative to the package root (or absolute)")
     torso_link: str = doc("URDF link whose frame is the body frame (IMU frame)")
-    foot_links: List[str] = doc("URDF links that touch the ground, left first")
+    legs: List[LegConfig] = doc("the legs, left first: joint chain and sole link of each")
     joints: List[JointConfig] = doc("actuated joints, in the robot's joint order")
     kp: float = doc("PyBullet POSITION_CONTROL positionGain (dimensionless)")
     kd: float = doc("PyBullet POSITION_CONTROL velocityGain (dimensionless)")
@@ -61,10 +82,21 @@ class RobotConfig:
             raise ValueError("duplicate joint name(s): %s" % ", ".join(duplicates))
         for joint in self.joints:
             joint.validate()
-        if not self.foot_links:
-            raise ValueError("foot_links must name at least one link")
-        if len(set(self.foot_links)) != len(self.foot_links):
-            raise ValueError("duplicate foot link names: %s" % self.foot_links)
+        if not self.legs:
+            raise ValueError("robot %s has no legs" % self.name)
+        leg_joints = [j for leg in self.legs for j in leg.joints]
+        for leg in self.legs:
+            if len(leg.joints) != len(LEG_JOINT_ROLES):
+                raise ValueError("leg %s: needs %d joints (%s), got %d"
+                                 % (leg.name, len(LEG_JOINT_ROLES), ", ".join(LEG_JOINT_ROLES), len(leg.joints)))
+            unknown = [j for j in leg.joints if j not in names]
+            if unknown:
+                raise ValueError("leg %s names unknown joint(s): %s" % (leg.name, ", ".join(unknown)))
+        if len(set(leg_joints)) != len(leg_joints):
+            raise ValueError("a joint belongs to more than one leg (or twice to one)")
+        for what, values in (("leg names", [leg.name for leg in self.legs]), ("foot links", self.foot_links)):
+            if len(set(values)) != len(values):
+                raise ValueError("duplicate %s: %s" % (what, values))
         if self.control_rate_hz <= 0.0 or self.physics_rate_hz <= 0.0:
             raise ValueError("rates must be positive")
         ratio = self.physics_rate_hz / self.control_rate_hz
@@ -79,6 +111,18 @@ class RobotConfig:
     @property
     def joint_names(self) -> Tuple[str, ...]:
         return tuple(j.name for j in self.joints)
+
+    @property
+    def foot_links(self) -> List[str]:
+        """Sole links, in leg order (left first)."""
+        return [leg.foot for leg in self.legs]
+
+    def joint_index(self, name: str) -> int:
+        """Position of joint ``name`` in the robot joint order (KeyError if absent)."""
+        try:
+            return self.joint_names.index(name)
+        except ValueError:
+            raise KeyError(name) from None
 
     @property
     def n_joints(self) -> int:

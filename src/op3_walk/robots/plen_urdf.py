@@ -95,26 +95,28 @@ TORSO_MATERIAL = "shell"
 
 HIP_Y = 0.025          # lateral hip offset, m: 50 mm between leg axes leaves 9 mm between the 41 mm wide feet
 TORSO_HALF_Z = 0.0375  # hip yaw axes sit on the torso's bottom face
+HIP_DROP = 0.022       # hip yaw joint -> hip point (where the yaw, roll and pitch axes meet), m
 THIGH = 0.032          # hip pitch -> knee, m
-SHIN = 0.040           # knee -> ankle pitch, m
-ANKLE = 0.012          # ankle pitch -> ankle roll, m
-ROLL_TO_SOLE = 0.018   # ankle roll axis height above the sole, m
+SHIN = 0.040           # knee -> ankle point (where the ankle pitch and roll axes meet), m
+ANKLE_TO_SOLE = 0.030  # ankle point height above the sole, m
 SOLE = (0.063, 0.041, 0.010)  # foot plate length (x), width (y), thickness (z), m
 
+# Axes meet in one hip point and one ankle point (as on the OP3), which gives the legs a closed-form inverse
+# kinematics (op3_walk.robots.kinematics); the servo blocks still hang where their masses are.
 SEGMENTS = {  # kind -> Segment, all left side
     # leg: yaw, roll, pitch at the hip; knee; pitch, roll at the ankle
     "hip_yaw": Segment(None, (0.0, HIP_Y, -TORSO_HALF_Z), YAW_AXIS, "hip_yaw_link",
                        Cylinder(0.010, 0.010, (0.0, 0.0, -0.005)), 0.012, "servo"),
-    "hip_roll": Segment("hip_yaw", (0.0, 0.0, -0.010), ROLL_AXIS, "hip_roll_link",
-                        Box((0.022, 0.020, 0.012), (0.0, 0.0, -0.006)), 0.012, "servo"),
-    "hip_pitch": Segment("hip_roll", (0.0, 0.0, -0.012), PITCH_AXIS, "thigh",
+    "hip_roll": Segment("hip_yaw", (0.0, 0.0, -HIP_DROP), ROLL_AXIS, "hip_roll_link",
+                        Box((0.022, 0.020, 0.012), (0.0, 0.0, 0.006)), 0.012, "servo"),
+    "hip_pitch": Segment("hip_roll", (0.0, 0.0, 0.0), PITCH_AXIS, "thigh",
                          Box((0.022, 0.024, THIGH), (0.0, 0.0, -THIGH / 2)), 0.040, "shell"),
     "knee": Segment("hip_pitch", (0.0, 0.0, -THIGH), PITCH_AXIS, "shin",
                     Box((0.020, 0.024, SHIN), (0.0, 0.0, -SHIN / 2)), 0.024, "shell"),
     "ankle_pitch": Segment("knee", (0.0, 0.0, -SHIN), PITCH_AXIS, "ankle_link",
-                           Box((0.022, 0.024, ANKLE), (0.0, 0.0, -ANKLE / 2)), 0.036, "servo"),
-    "ankle_roll": Segment("ankle_pitch", (0.0, 0.0, -ANKLE), ROLL_AXIS, "foot",
-                          Box(SOLE, (0.005, 0.0, -ROLL_TO_SOLE + SOLE[2] / 2)), 0.015, "sole"),
+                           Box((0.022, 0.024, 0.012), (0.0, 0.0, -0.006)), 0.036, "servo"),
+    "ankle_roll": Segment("ankle_pitch", (0.0, 0.0, 0.0), ROLL_AXIS, "foot",
+                          Box(SOLE, (0.005, 0.0, -ANKLE_TO_SOLE + SOLE[2] / 2)), 0.015, "sole"),
     # arm: shoulder pitch on the torso side, upper-arm roll, elbow
     "shoulder_pitch": Segment(None, (0.0, 0.030, 0.025), PITCH_AXIS, "shoulder_link",
                               Box((0.016, 0.012, 0.016), (0.0, 0.006, 0.0)), 0.012, "servo"),
