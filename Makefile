@@ -41,7 +41,7 @@ test-integration: setup
 	@$(WITH_ENV) python -m pytest tests/integration $(PYTEST_ARGS)
 
 urdf: setup
-	@$(WITH_ENV) python -m op3_walk.robots.plen_urdf
+	@$(WITH_ENV) python -m op3_walk.robots.plen_urdf && python -m op3_walk.robots.op3_urdf
 
 clean:
 	rm -rf out .pytest_cache

@@ -5,6 +5,7 @@ Each node gets a unique name: rosrun's ``_param:=value`` stays on the shared par
 name, and a later test's node of the same name would (rightly) refuse the leftover."""
 import numpy as np
 import pytest
+from gymnasium import spaces
 
 
 def run_until_exit(spawn, args, name, timeout=60):
@@ -49,9 +50,15 @@ def test_conversions_refuse_malformed_messages():
         observation_from_message(state, 62)
     state.observation = list(np.linspace(-1, 1, 62))
     assert observation_from_message(state, 62).dtype == np.float32
+    box, discrete = spaces.Box(-1.0, 1.0, (18,)), spaces.Discrete(27)
     with pytest.raises(ValueError, match="discrete action 3"):
-        action_from_message(WalkerAction(discrete_action=3), 18)
+        action_from_message(WalkerAction(discrete_action=3), box)
     with pytest.raises(ValueError, match="non-finite"):
-        action_from_message(WalkerAction(action=[0.0] * 17 + [float("inf")], discrete_action=-1), 18)
+        action_from_message(WalkerAction(action=[0.0] * 17 + [float("inf")], discrete_action=-1), box)
     with pytest.raises(ValueError, match="has 2 values, expected 18"):
-        action_from_message(WalkerAction(action=[0.0, 1.0], discrete_action=-1), 18)
+        action_from_message(WalkerAction(action=[0.0, 1.0], discrete_action=-1), box)
+    assert action_from_message(WalkerAction(discrete_action=26), discrete) == 26
+    with pytest.raises(ValueError, match="outside \\[0, 27\\)"):
+        action_from_message(WalkerAction(discrete_action=27), discrete)
+    with pytest.raises(ValueError, match="expected a discrete action"):
+        action_from_message(WalkerAction(action=[0.5], discrete_action=-1), discrete)

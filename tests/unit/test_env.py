@@ -69,8 +69,8 @@ def test_registration_is_idempotent():
 
 
 def test_observation_layout_and_spaces(env):
-    layout = observation_layout(env.robot)
-    assert layout == [("joint_positions", 18), ("joint_velocities", 18), ("gravity", 3), ("gyro", 3),
+    layout = observation_layout(env.robot, env.task)
+    assert layout == env.layout == [("joint_positions", 18), ("joint_velocities", 18), ("gravity", 3), ("gyro", 3),
                       ("foot_contacts", 2), ("previous_action", 18)]
     obs_space, act_space = make_spaces(load_robot("plen"), load_task("walk"))
     assert obs_space == env.observation_space and act_space == env.action_space
@@ -84,7 +84,7 @@ def test_reset_observation_blocks(env):
     obs, info = env.reset(seed=3)
     assert env.observation_space.contains(obs)
     blocks, start = {}, 0
-    for name, size in observation_layout(env.robot):
+    for name, size in env.layout:
         blocks[name] = obs[start:start + size]
         start += size
     assert np.all(np.abs(blocks["joint_positions"]) <= env.task.reset_noise + 1e-6)
@@ -184,7 +184,7 @@ def test_step_info_and_reward_terms(env):
     action = np.full(18, 0.1, dtype=np.float32)
     obs, reward, terminated, truncated, info = env.step(action)
     assert set(info) >= {"reward_terms", "fell", "distance", "state"}
-    assert set(info["reward_terms"]) == set(REWARD_TERMS)
+    assert set(info["reward_terms"]) == {"forward_velocity", "alive", "tilt", "action_rate", "fall"}  # walk.yaml's
     assert reward == pytest.approx(sum(info["reward_terms"].values()))
     assert info["reward_terms"]["action_rate"] == pytest.approx(-env.task.reward.action_rate * 18 * 0.1 ** 2)
     assert info["distance"] == pytest.approx(info["state"].base_position[0], abs=1e-12)
@@ -194,10 +194,11 @@ def test_step_info_and_reward_terms(env):
 
 def test_reward_weights_name_every_term():
     assert [f.name for f in dataclasses.fields(RewardWeights)] == list(REWARD_TERMS)
+    assert all(getattr(RewardWeights(), name) == 0.0 for name in REWARD_TERMS)  # a task lists what it uses
 
 
 def test_forward_velocity_term_rewards_forward_motion():
-    weights = RewardWeights(forward_velocity=2.0, alive=0.0, tilt=0.0, action_rate=0.0, fall=0.0)
+    weights = RewardWeights(forward_velocity=2.0)
     robot = load_robot("plen")
     e = WalkEnv(robot=robot, task=dataclasses.replace(load_task("walk"), reward=weights, reset_noise=0.0))
     try:

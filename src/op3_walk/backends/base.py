@@ -135,6 +135,25 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release resources; calling it again does nothing."""
 
+    def set_dynamics(self, ground_friction: Optional[float] = None, mass_scales: Optional[Sequence[float]] = None,
+                     kp_scales: Optional[Sequence[float]] = None) -> None:
+        """Change the simulated physics (domain randomisation); ``None`` restores the model's value.
+
+        ``ground_friction``: Coulomb friction coefficient of the ground contacts; ``mass_scales``: one factor per
+        entry of ``link_names`` (masses and inertias are scaled); ``kp_scales``: one factor per joint on the
+        position gain.  The settings hold from now on, across resets.  Real robots cannot do this.
+        """
+        raise NotImplementedError("%s cannot change its physics" % type(self).__name__)
+
+    @property
+    def link_names(self) -> Tuple[str, ...]:
+        """Names of the rigid bodies (torso first) that ``set_dynamics(mass_scales=...)`` refers to."""
+        raise NotImplementedError("%s has no link list" % type(self).__name__)
+
+    def push(self, force: Sequence[float], duration_s: float) -> None:
+        """Apply ``force`` (N, world frame) at the torso's centre of mass for the next ``duration_s`` seconds."""
+        raise NotImplementedError("%s cannot push the robot" % type(self).__name__)
+
     def render_rgb(self, width: int = 320, height: int = 240) -> np.ndarray:
         """An RGB image (height, width, 3) uint8 of the robot, where the backend can draw one."""
         raise NotImplementedError("%s cannot render images" % type(self).__name__)

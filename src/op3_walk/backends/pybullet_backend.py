@@ -5,7 +5,8 @@ Each backend owns a ``BulletClient`` (several can live in one process).  ``reset
 bit-identical states.  Joints are driven by PyBullet's POSITION_CONTROL motor with the robot's kp/kd gains, torque
 limited to each joint's effort and speed limited to its velocity.
 """
-from typing import Sequence
+import xml.etree.ElementTree as ElementTree
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import pybullet
@@ -48,6 +49,12 @@ class PyBulletBackend(Backend):
         self._masses = np.zeros(0)  # kg: base, then links in PyBullet order
         self._total_mass = 0.0
         self._targets = robot.stance
+        self._link_names = self._read_link_names(robot.urdf_path, robot.torso_link)
+        self._friction = GROUND_FRICTION
+        self._mass_scales = np.ones(len(self._link_names))
+        self._kp_scales = np.ones(robot.n_joints)
+        self._push_force = (0.0, 0.0, 0.0)
+        self._push_substeps = 0  # physics steps the push still lasts
         self._com_to_link = None  # (position, orientation) of the torso link frame in its inertial frame, if not 0
         self._steps = 0
         self._lin_vel = np.zeros(3)
@@ -58,7 +65,7 @@ class PyBulletBackend(Backend):
         self._set_motor = c.setJointMotorControl2
         self._set_motors = c.setJointMotorControlArray
         self._forces = self._effort.tolist()
-        self._kps = [robot.kp] * robot.n_joints
+        self._kps = (robot.kp * self._kp_scales).tolist()
         self._kds = [robot.kd] * robot.n_joints
         self._get_joint_states = c.getJointStates
         self._get_base_pose = c.getBasePositionAndOrientation
@@ -80,7 +87,7 @@ class PyBulletBackend(Backend):
         plane_visual = c.createVisualShape(pybullet.GEOM_BOX, halfExtents=(GROUND_VISUAL_HALF_SIZE,) * 2 + (1e-4,),
                                            visualFramePosition=(0.0, 0.0, -1e-4), rgbaColor=GROUND_COLOR)
         self._ground = c.createMultiBody(0.0, plane, plane_visual)
-        c.changeDynamics(self._ground, -1, lateralFriction=GROUND_FRICTION, restitution=GROUND_RESTITUTION)
+        c.changeDynamics(self._ground, -1, lateralFriction=self._friction, restitution=GROUND_RESTITUTION)
         self._body = c.loadURDF(self.robot.urdf_path, list(base_position), list(base_orientation),
                                 flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
         joints, links = {}, {self._decode(c.getBodyInfo(self._body)[0]): -1}
@@ -96,8 +103,14 @@ class PyBulletBackend(Backend):
         for link in links.values():
             c.changeDynamics(self._body, link, lateralFriction=ROBOT_FRICTION)
         self._link_ids = list(range(c.getNumJoints(self._body)))
-        masses = [c.getDynamicsInfo(self._body, link)[0] for link in [-1] + self._link_ids]
-        self._masses = np.array(masses)
+        if sorted(links) != sorted(self._link_names):
+            raise ValueError("%s: PyBullet's links differ from the URDF's" % self.robot.urdf_path)
+        for name, scale in zip(self._link_names, self._mass_scales):
+            if scale != 1.0:
+                mass, _, inertia = c.getDynamicsInfo(self._body, links[name])[:3]
+                c.changeDynamics(self._body, links[name], mass=mass * scale,
+                                 localInertiaDiagonal=[float(i) * scale for i in inertia])
+        self._masses = np.array([c.getDynamicsInfo(self._body, link)[0] for link in [-1] + self._link_ids])
         self._total_mass = float(self._masses.sum())
         # PyBullet reports the base's inertial (centre of mass) frame; the body frame is the torso link frame.
         inertial_position, inertial_orientation = c.getDynamicsInfo(self._body, -1)[3:5]
@@ -106,6 +119,16 @@ class PyBulletBackend(Backend):
         self._com_to_link = None if identity else c.invertTransform(inertial_position, inertial_orientation)
         if self.gui:
             c.configureDebugVisualizer(pybullet.COV_ENABLE_RENDERING, 1)
+
+    @staticmethod
+    def _read_link_names(urdf_path: str, root: str) -> Tuple[str, ...]:
+        """Link names: the root link, then each joint's child in URDF file order."""
+        try:
+            tree = ElementTree.parse(urdf_path)
+        except (OSError, ElementTree.ParseError) as exc:
+            raise ValueError("cannot read URDF %s: %s" % (urdf_path, exc)) from None
+        children = [j.find("child").get("link") for j in tree.getroot().iter("joint")]
+        return (root,) + tuple(children)
 
     @staticmethod
     def _decode(name) -> str:
@@ -130,6 +153,7 @@ class PyBulletBackend(Backend):
         for index, position in zip(self._joint_ids, q):
             self._client.resetJointState(self._body, index, float(position), 0.0)
         self._init_motors(q)
+        self._push_substeps = 0
         self._steps = 0
         self._lin_vel = np.zeros(3)
         self.state = self._read()
@@ -144,10 +168,43 @@ class PyBulletBackend(Backend):
         if self._body < 0:
             raise RuntimeError("call reset() before step()")
         for _ in range(self._substeps):
+            if self._push_substeps > 0:  # external forces last one physics step in Bullet: re-apply each step
+                self._push_substeps -= 1
+                com = self._get_base_pose(self._body)[0]
+                self._client.applyExternalForce(self._body, -1, self._push_force, com, pybullet.WORLD_FRAME)
             self._step_simulation()
         self._steps += 1
         self.state = self._read()
         return self.state
+
+    @property
+    def link_names(self) -> Tuple[str, ...]:
+        return self._link_names
+
+    def set_dynamics(self, ground_friction: Optional[float] = None, mass_scales: Optional[Sequence[float]] = None,
+                     kp_scales: Optional[Sequence[float]] = None) -> None:
+        self._check_open()
+        friction = GROUND_FRICTION if ground_friction is None else float(ground_friction)
+        masses = np.ones(len(self._link_names)) if mass_scales is None else np.asarray(mass_scales, dtype=float)
+        kps = np.ones(self.robot.n_joints) if kp_scales is None else np.asarray(kp_scales, dtype=float)
+        if not (np.isfinite(friction) and friction >= 0.0):
+            raise ValueError("ground_friction must be finite and >= 0, got %r" % ground_friction)
+        for name, values, size in (("mass_scales", masses, len(self._link_names)),
+                                   ("kp_scales", kps, self.robot.n_joints)):
+            if values.shape != (size,) or not np.all(np.isfinite(values)) or not np.all(values > 0.0):
+                raise ValueError("%s must be %d finite positive factors, got %r" % (name, size, values))
+        self._friction, self._mass_scales, self._kp_scales = friction, masses, kps
+        self._kps = (self.robot.kp * kps).tolist()
+        if self._body >= 0:  # the world exists: rebuild it the next reset; gains apply from the next apply()
+            self._client.changeDynamics(self._ground, -1, lateralFriction=friction)
+
+    def push(self, force: Sequence[float], duration_s: float) -> None:
+        self._check_open()
+        force = tuple(float(f) for f in force)
+        if len(force) != 3 or not all(np.isfinite(force)) or not duration_s >= 0.0:
+            raise ValueError("push needs a finite 3-D force (N) and a duration >= 0 s")
+        self._push_force = force
+        self._push_substeps = int(round(duration_s * self.robot.physics_rate_hz))
 
     @property
     def joint_targets(self) -> np.ndarray:
@@ -182,7 +239,7 @@ class PyBulletBackend(Backend):
         for i, index in enumerate(self._joint_ids):
             self._set_motor(self._body, index, pybullet.POSITION_CONTROL, targetPosition=float(targets[i]),
                             force=self._forces[i], maxVelocity=float(self._velocity[i]),
-                            positionGain=self.robot.kp, velocityGain=self.robot.kd)
+                            positionGain=self._kps[i], velocityGain=self.robot.kd)
 
     def _send(self, targets: np.ndarray) -> None:
         """New position targets for all joints in one call (setJointMotorControlArray cannot set maxVelocity)."""

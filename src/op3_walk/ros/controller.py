@@ -19,7 +19,7 @@ import rospy
 from sensor_msgs.msg import Imu, JointState
 
 from op3_walk.config import doc
-from op3_walk.envs.walk_env import WalkEnv, observation_layout
+from op3_walk.envs.walk_env import WalkEnv
 from op3_walk.msg import WalkerAction, WalkerState
 from op3_walk.ros.conversions import (action_from_message, imu_message, joint_state_message, state_message)
 from op3_walk.ros.params import load_private_params, run_node
@@ -44,7 +44,7 @@ class ControllerNode:
         self.params = params
         self.env = WalkEnv(robot=params.robot, task=params.task, gui=params.gui)
         self.robot = self.env.robot
-        self.layout = observation_layout(self.robot)
+        self.layout = self.env.layout
         self.lock = threading.Lock()
         self.episode = 0
         self.episode_over = True
@@ -94,7 +94,7 @@ class ControllerNode:
                                        self.dropped_actions)
                 return
             try:
-                action = action_from_message(msg, self.env.action_space.shape[0])
+                action = action_from_message(msg, self.env.action_space)
             except ValueError as exc:
                 self.rejected_actions += 1
                 rospy.logerr_throttle(5.0, "controller: rejected action (episode %d step %d): %s; %d rejected so far",

@@ -1,8 +1,9 @@
 """numpy / RobotState <-> ROS messages. Pure functions; no node state."""
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import rospy
+from gymnasium import spaces
 from geometry_msgs.msg import Point, Quaternion, Vector3
 from sensor_msgs.msg import Imu, JointState
 
@@ -68,13 +69,19 @@ def imu_message(state, frame_id: str, stamp: rospy.Time) -> Imu:
     return msg
 
 
-def action_message(episode: int, step: int, action: np.ndarray, stamp: rospy.Time) -> WalkerAction:
+def action_message(episode: int, step: int, action: Any, stamp: rospy.Time) -> WalkerAction:
+    """A WalkerAction answering (episode, step): an integer action goes in ``discrete_action``, a vector in ``action``."""
     msg = WalkerAction()
     msg.header.stamp = stamp
     msg.episode = episode
     msg.step = step
-    msg.action = np.asarray(action, dtype=np.float32).tolist()
-    msg.discrete_action = -1
+    value = np.asarray(action)
+    if value.ndim == 0 and value.dtype.kind in "iu":
+        msg.action = []
+        msg.discrete_action = int(value)
+    else:
+        msg.action = value.astype(np.float32).tolist()
+        msg.discrete_action = -1
     return msg
 
 
@@ -92,10 +99,18 @@ def observation_from_message(msg: WalkerState, expected_size: int) -> np.ndarray
     return obs
 
 
-def action_from_message(msg: WalkerAction, expected_size: int) -> np.ndarray:
-    """The continuous action of ``msg``, checked: wrong size or non-finite values raise ValueError."""
+def action_from_message(msg: WalkerAction, action_space: Any) -> Any:
+    """The action of ``msg`` for ``action_space`` (Box or Discrete), checked: ValueError on a malformed one."""
+    if isinstance(action_space, spaces.Discrete):
+        if msg.discrete_action < 0 or msg.action:
+            raise ValueError("expected a discrete action (discrete_action >= 0, empty action), got discrete_action %d "
+                             "and %d values" % (msg.discrete_action, len(msg.action)))
+        if msg.discrete_action >= action_space.n:
+            raise ValueError("discrete action %d outside [0, %d)" % (msg.discrete_action, action_space.n))
+        return int(msg.discrete_action)
     if msg.discrete_action >= 0:
         raise ValueError("discrete action %d sent to a continuous-action controller" % msg.discrete_action)
+    expected_size = int(action_space.shape[0])
     action = np.asarray(msg.action, dtype=np.float32)
     if action.shape != (expected_size,):
         raise ValueError("action has %d values, expected %d" % (action.size, expected_size))

@@ -34,7 +34,8 @@ class RosWalkEnv(gymnasium.Env):
                  should_stop: Callable[[], bool] = rospy.is_shutdown):
         self.observation_space, self.action_space = make_spaces(robot_cfg, task_cfg)
         self.obs_size = int(self.observation_space.shape[0])
-        self.act_size = int(self.action_space.shape[0])
+        self.discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
+        self.act_size = int(self.action_space.n if self.discrete else self.action_space.shape[0])
         self.state_timeout = state_timeout
         self.should_stop = should_stop
         self.episode = 0
@@ -103,11 +104,17 @@ class RosWalkEnv(gymnasium.Env):
         self.step_count = 0
         return observation_from_message(resp.state, self.obs_size), self._info(resp.state)
 
-    def step(self, action: np.ndarray):
-        action = np.asarray(action, dtype=np.float32)
-        if action.shape != (self.act_size,) or not np.all(np.isfinite(action)):
-            raise ValueError("action must be %d finite values, got shape %s%s" % (
-                self.act_size, action.shape, "" if np.all(np.isfinite(action)) else " with NaN/inf"))
+    def step(self, action: Any):
+        if self.discrete:
+            value = np.asarray(action)
+            if value.shape != () or value.dtype.kind not in "iu" or not 0 <= int(value) < self.act_size:
+                raise ValueError("action must be one integer in [0, %d), got %r" % (self.act_size, action))
+            action = np.int64(value)
+        else:
+            action = np.asarray(action, dtype=np.float32)
+            if action.shape != (self.act_size,) or not np.all(np.isfinite(action)):
+                raise ValueError("action must be %d finite values, got shape %s%s" % (
+                    self.act_size, action.shape, "" if np.all(np.isfinite(action)) else " with NaN/inf"))
         key = (self.episode, self.step_count + 1)
         with self._cond:
             self._expect = key
