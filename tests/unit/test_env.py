@@ -130,17 +130,25 @@ def _tilted(axis, angle):
     return tuple(np.asarray(axis, dtype=float) * math.sin(angle / 2.0)) + (math.cos(angle / 2.0),)
 
 
+@pytest.fixture(scope="module", params=["plen", "op3"])
+def robot_env(request):
+    e = WalkEnv(robot=request.param)
+    yield e
+    e.close()
+
+
 @pytest.mark.parametrize("direction, axis, sign", [
     ("forward", (0, 1, 0), 1.0),   # +pitch: torso z leans to +x
     ("backward", (0, 1, 0), -1.0),
     ("left", (1, 0, 0), -1.0),     # -roll: torso z leans to +y
     ("right", (1, 0, 0), 1.0),
 ])
-def test_falls_are_detected_in_every_direction(env, direction, axis, sign):
+def test_falls_are_detected_in_every_direction(robot_env, direction, axis, sign):
+    env = robot_env
     env.reset(seed=0, options={"base_orientation": _tilted(axis, sign * 0.45)})
     assert env.state.tilt() < env.task.max_tilt  # not already "fallen" at the start
     zero = np.zeros(env.action_space.shape, dtype=np.float32)
-    for _ in range(120):
+    for _ in range(150):
         obs, reward, terminated, truncated, info = env.step(zero)
         if terminated:
             break
@@ -149,6 +157,17 @@ def test_falls_are_detected_in_every_direction(env, direction, axis, sign):
     assert info["reward_terms"]["alive"] == 0.0
     lean = {"forward": (0, 1), "backward": (0, -1), "left": (1, 1), "right": (1, -1)}[direction]
     assert lean[1] * info["state"].base_position[lean[0]] > 0.02  # it fell the way it leaned
+
+
+def test_each_robot_stands_in_its_stance(robot_env):
+    env = robot_env
+    env.reset(seed=0)
+    zero = np.zeros(env.action_space.shape, dtype=np.float32)
+    for _ in range(int(3 * env.robot.control_rate_hz)):
+        obs, reward, terminated, truncated, info = env.step(zero)
+        assert not terminated
+    assert info["state"].base_position[2] == pytest.approx(env.robot.spawn_height, abs=0.01)
+    assert info["state"].tilt() < 0.05 and info["state"].foot_contacts.all()
 
 
 def test_truncation_at_max_episode_steps():

@@ -1,5 +1,6 @@
 """Task options of WalkEnv: observation blocks, velocity command, domain randomisation, latency, pushes."""
 import math
+import os
 import warnings
 
 import gymnasium
@@ -284,3 +285,11 @@ def test_posture_actions_hold_their_posture():
         assert np.array_equal(blocks(env, obs)["previous_action"], np.eye(env.action_space.n)[k])
     finally:
         env.close()
+
+
+def test_readme_lists_every_env_as_the_configs_say():
+    from op3_walk import PACKAGE_ROOT
+    from op3_walk.envs import describe
+    assert describe.main(["--check", os.path.join(PACKAGE_ROOT, "README.md")]) == 0
+    table = describe.table()
+    assert all("`%s`" % env_id in table for env_id in ENV_IDS)

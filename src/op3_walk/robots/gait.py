@@ -10,9 +10,10 @@ Timing.  One cycle (``period_s``) is two steps.  Each step starts with double su
 the first half of the cycle (phase 0..0.5, the right foot carries the robot), the right foot in the second half.
 A foot in stance moves backward at constant speed in the walking frame (that is what carries the torso forward); a
 swinging foot moves forward on a cosine profile and rises on a half sine to ``foot_lift``.  Both feet shift sideways
-together on a sine of the cycle (``sway``) so that the torso moves over the stance foot.  Every amplitude (step,
-lift, sway, arm swing) grows from 0 over ``ramp_s`` (smoothstep), so at t = 0 the robot stands in the gait's
-neutral pose (``ReferenceGait.neutral``), which is also where the player resets it.
+together on a sine of the cycle (``sway``) so that the torso moves over the stance foot; optional shoulder pitch
+joints swing opposite to the legs (``arm_swing``).  Every amplitude (step, lift, sway, arm swing) grows from 0 over
+``ramp_s`` (smoothstep), so at t = 0 the robot stands in the gait's neutral pose (``ReferenceGait.neutral``), which
+is also where the player resets it.
 
 ``step_length`` is the distance the torso advances per step (half cycle) if the feet do not slip, which is also the
 fore-aft distance between the feet in the middle of double support; nominal speed = 2 * step_length / period_s.
@@ -21,8 +22,11 @@ Zero-moment-point reference (``zmp_reference``): x, y in the walking frame (the 
 ignored).  In single support it is the centre of the stance foot's sole (the centre of the bounding box of the foot
 link's collision shapes, ``sole_centres``); during the double support of a step it moves linearly from the previous
 stance sole to the next one; during the ramp-in it is blended with the midpoint between the soles (at t = 0 it is
-the midpoint).  ``to_walking_frame`` maps a measured
-world point (e.g. ``RobotState.center_of_pressure``) into the same frame for comparison.
+the midpoint).  ``to_walking_frame`` maps a measured world point (e.g. ``RobotState.center_of_pressure``) into the
+same frame for comparison.
+
+Player (``scripts/play_gait`` is the same): runs the gait open loop in PyBullet and prints distance, speed, drift,
+tilt and whether it fell; exit status 0 = walked without falling, 2 = fell, 1 = bad configuration::
 
     python -m op3_walk.robots.gait --robot plen --seconds 10 [--gui] [--frames strip.png]
 
@@ -34,14 +38,14 @@ import math
 import os
 import sys
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from op3_walk import CONFIG_DIR
 from op3_walk.config import doc, from_dict, load, to_dict
 from op3_walk.robots.description import LEG_JOINT_ROLES, RobotConfig, find_config, load_robot
-from op3_walk.robots.kinematics import BipedKinematics, rot_y, rot_z
+from op3_walk.robots.kinematics import BipedKinematics, rot_y
 
 GAITS_DIR = os.path.join(CONFIG_DIR, "gaits")
 SCALED_ROLES = ("hip_pitch", "knee", "ankle_pitch")  # the joint groups ``scales`` multiply, in this order
@@ -57,7 +61,8 @@ class GaitConfig:
 
     period_s: float = doc("duration of one gait cycle (two steps), s")
     double_support_ratio: float = doc("fraction of each step (and of the cycle) with both feet on the ground, 0..1")
-    step_length: float = doc("torso advance per step (half cycle) without slip, m; speed = 2*step_length/period_s")
+    step_length: float = doc("torso advance per step (half cycle) without slip, m; speed = 2*step_length/period_s "
+                             "(negative walks backward)")
     foot_lift: float = doc("peak height of the swinging foot above the ground, m")
     sway: float = doc("amplitude of the feet's common sideways shift (torso sway over the stance foot), m")
     foot_z: float = doc("height of each foot frame origin (ankle point) in the walking frame when on the ground, "
@@ -90,7 +95,7 @@ class GaitConfig:
         return 2.0 * self.step_length / self.period_s
 
 
-def load_gait(name_or_path: str, overrides: Optional[dict] = None) -> GaitConfig:
+def load_gait(name_or_path: Any, overrides: Optional[Mapping[str, Any]] = None) -> GaitConfig:
     """Load a gait by name ("plen" -> ``config/gaits/plen.yaml``) or YAML path; a ``GaitConfig`` passes through."""
     if isinstance(name_or_path, GaitConfig):
         if not overrides:
@@ -291,14 +296,19 @@ def _yaw(q: Sequence[float]) -> float:
     return math.atan2(2.0 * (x * y + w * z), 1.0 - 2.0 * (y * y + z * z))
 
 
-def play(robot: RobotConfig, gait: ReferenceGait, seconds: float, gui: bool = False, n_frames: int = 0,
-         stop_on_fall: bool = True, frame_size: Tuple[int, int] = (200, 150)) -> WalkResult:
-    """Run ``gait`` open loop in PyBullet for ``seconds`` of simulated time and measure the walk."""
+def play(robot: RobotConfig, gait: ReferenceGait, seconds: float, gui: bool = False,
+         frame_times: Sequence[float] = (), stop_on_fall: bool = True, frame_size: Tuple[int, int] = (240, 180),
+         scales: Optional[Sequence[float]] = None) -> WalkResult:
+    """Run ``gait`` open loop in PyBullet for ``seconds`` of simulated time and measure the walk.
+
+    An image (``frame_size`` = width, height; zoomed on the robot) is kept at the control step nearest each of
+    ``frame_times`` (s); ``scales`` are passed to every ``joint_targets`` call.
+    """
     from op3_walk.backends.pybullet_backend import PyBulletBackend  # PyBullet only when playing
 
     dt = robot.control_period_s
     steps = int(round(seconds / dt))
-    frame_steps = set(int(round(i * (steps - 1) / max(1, n_frames - 1))) for i in range(n_frames)) if n_frames else set()
+    frame_steps = set(min(steps - 1, max(0, int(round(t / dt)) - 1)) for t in frame_times)
     result = WalkResult(seconds=0.0, distance=0.0, speed=0.0, lateral_drift=0.0, heading_change=0.0, max_tilt=0.0,
                         fell_at=None)
     height = gait.standing_height
@@ -307,13 +317,14 @@ def play(robot: RobotConfig, gait: ReferenceGait, seconds: float, gui: bool = Fa
         start, yaw0 = state.base_position.copy(), _yaw(state.base_orientation)
         wall = time.time()
         for k in range(steps):
-            backend.apply(gait.joint_targets((k + 1) * dt))
+            backend.apply(gait.joint_targets((k + 1) * dt, scales))
             state = backend.step()
             result.max_tilt = max(result.max_tilt, state.tilt())
             if k in frame_steps:
-                result.frames.append(backend.render_rgb(*frame_size))
+                result.frames.append(_zoomed_frame(backend, gait, frame_size))
                 result.frame_times.append(state.time)
-            if result.fell_at is None and (state.tilt() > FALL_TILT or state.base_position[2] < FALL_HEIGHT_RATIO * height):
+            fallen = state.tilt() > FALL_TILT or state.base_position[2] < FALL_HEIGHT_RATIO * height
+            if result.fell_at is None and fallen:
                 result.fell_at = state.time
                 if stop_on_fall:
                     break
@@ -327,6 +338,19 @@ def play(robot: RobotConfig, gait: ReferenceGait, seconds: float, gui: bool = Fa
     return result
 
 
+def _zoomed_frame(backend, gait: ReferenceGait, size: Tuple[int, int]) -> np.ndarray:
+    """``backend.render_rgb`` cropped around the robot (the camera looks at the torso from a fixed distance)."""
+    from op3_walk.backends.pybullet_backend import CAMERA_DISTANCE, CAMERA_FOV_DEG
+
+    visible = 2.0 * CAMERA_DISTANCE * math.tan(math.radians(CAMERA_FOV_DEG) / 2.0)  # m, image height at the torso
+    fraction = min(1.0, 2.5 * gait.standing_height / visible)  # keep about 2.5 torso heights in view
+    width, height = size
+    full_w, full_h = int(round(width / fraction)), int(round(height / fraction))
+    image = backend.render_rgb(full_w, full_h)
+    top, left = (full_h - height) // 2, (full_w - width) // 2
+    return image[top:top + height, left:left + width]
+
+
 def save_strip(frames: Sequence[np.ndarray], times: Sequence[float], path: str, title: str = "") -> None:
     """Write the frames side by side as one PNG (matplotlib, no display needed)."""
     import matplotlib
@@ -338,7 +362,7 @@ def save_strip(frames: Sequence[np.ndarray], times: Sequence[float], path: str, 
     fig, axes = plt.subplots(1, n, figsize=(1.6 * n * width / height, 1.9), dpi=100)
     for ax, frame, t in zip(np.atleast_1d(axes), frames, times):
         ax.imshow(frame)
-        ax.set_title("t = %.1f s" % t, fontsize=8)
+        ax.set_title("t = %.2f s" % t, fontsize=8)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
@@ -354,7 +378,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="simulated time, s (default: 10)")
     parser.add_argument("--gui", action="store_true", help="show the PyBullet GUI (real time)")
     parser.add_argument("--frames", metavar="PNG", help="write a strip of frames to this PNG file")
-    parser.add_argument("--n-frames", type=int, default=6, help="frames in the strip (default: 6)")
+    parser.add_argument("--n-frames", type=int, default=6,
+                        help="frames in the strip, spread over the last gait cycle of the run (default: 6)")
     args = parser.parse_args(argv)
     try:
         robot = load_robot(args.robot)
@@ -363,14 +388,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print("play_gait: %s" % exc, file=sys.stderr)
         return 1
-    print("gait %s: period %.3f s, step %.3f m, lift %.3f m, nominal speed %.3f m/s"
+    print("gait %s: period %.3g s, step %.4g m, lift %.4g m, nominal speed %.3g m/s"
           % (args.gait or robot.name, config.period_s, config.step_length, config.foot_lift, config.speed))
-    result = play(robot, gait, args.seconds, gui=args.gui, n_frames=args.n_frames if args.frames else 0,
-                  stop_on_fall=True)
+    frame_times = []
+    if args.frames and args.n_frames > 0:
+        start = max(0.0, args.seconds - config.period_s)
+        frame_times = [start + (args.seconds - start) * (i + 1) / args.n_frames for i in range(args.n_frames)]
+    result = play(robot, gait, args.seconds, gui=args.gui, frame_times=frame_times, stop_on_fall=True)
     print(result.summary(robot.name))
     if args.frames and result.frames:
         save_strip(result.frames, result.frame_times, args.frames,
-                   "%s open-loop reference gait: %.2f m in %.1f s" % (robot.name, result.distance, result.seconds))
+                   "%s open-loop reference gait, last cycle: %.2f m in %.1f s" % (robot.name, result.distance,
+                                                                                  result.seconds))
         print("frames: %s" % args.frames)
     return 0 if result.fell_at is None else 2
 

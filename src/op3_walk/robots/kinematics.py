@@ -106,9 +106,9 @@ class Urdf:
     def __init__(self, path: str):
         self.path = path
         root = ET.parse(path).getroot()
-        self.joints = {}  # type: Dict[str, UrdfJoint]
-        self.by_child = {}  # type: Dict[str, UrdfJoint]
-        self.collisions = {}  # type: Dict[str, List[ET.Element]]
+        self.joints: Dict[str, UrdfJoint] = {}
+        self.by_child: Dict[str, UrdfJoint] = {}  # joint by its child link
+        self.collisions: Dict[str, List[ET.Element]] = {}  # <collision> elements by link
         for link in root.findall("link"):
             self.collisions[link.get("name")] = link.findall("collision")
         for element in root.findall("joint"):
