@@ -13,8 +13,15 @@ WITH_ENV := source ./env.sh &&
 DEMO_STEPS ?= 12000
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
+# Benchmarks (tools/bench_agents.py; results go to docs/benchmarks.md, runs to out/bench)
+BENCH_ALGOS ?= td3,ddpg,sac,dqn
+BENCH_SEEDS ?= 0,1,2
+BENCH_ARGS ?=
+BIPEDAL_STEPS ?= 1000000
+BIPEDAL_SEEDS ?= 0
+BIPEDAL_ARGS ?= --no-sb3
 
-.PHONY: help setup demo test test-unit test-integration urdf clean distclean
+.PHONY: help setup demo test test-unit test-integration urdf clean distclean bench-setup bench-agents bench-bipedal
 
 help:
 	@echo "make demo              short headless TD3 training through ROS on PyBullet (DEMO_STEPS=$(DEMO_STEPS), DEMO_OUT=$(DEMO_OUT))"
@@ -23,6 +30,10 @@ help:
 	@echo "make test-integration  tests/integration only (starts its own roscore)"
 	@echo "make setup             install ROS1 / venv / Python deps and build the catkin workspace (idempotent)"
 	@echo "make urdf              regenerate urdf/*.urdf from config/robots/*.yaml"
+	@echo "make bench-agents      ours vs Stable-Baselines3: TD3/DDPG/SAC on Pendulum-v1, DQN on CartPole-v1 (~30 min;"
+	@echo "                       BENCH_ALGOS=$(BENCH_ALGOS) BENCH_SEEDS=$(BENCH_SEEDS)); writes docs/benchmarks.md"
+	@echo "make bench-bipedal     TD3 on BipedalWalker-v3, BIPEDAL_STEPS=$(BIPEDAL_STEPS) (hours; ours only unless"
+	@echo "                       BIPEDAL_ARGS= is given)"
 	@echo "make clean             remove out/; make distclean also removes .venv, .ws and stamps"
 
 setup:
@@ -42,6 +53,22 @@ test-integration: setup
 
 urdf: setup
 	@$(WITH_ENV) python -m op3_walk.robots.plen_urdf && python -m op3_walk.robots.op3_urdf
+
+# Stable-Baselines3 for the benchmarks only, into the same .venv (re-run only when the requirement files change).
+bench-setup: setup
+	@h="$$(cat requirements.txt requirements-bench.txt | sha256sum | cut -d' ' -f1)"; \
+	if [ "$$(cat .stamps/bench-requirements 2>/dev/null)" != "$$h" ]; then \
+	  echo "[bench] pip: installing requirements-bench.txt into .venv (stable-baselines3)"; \
+	  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-bench.txt 2>&1 \
+	    | { grep -v "^WARNING: Location .* is ignored" || true; }; \
+	  echo "$$h" > .stamps/bench-requirements; \
+	else echo "[bench] pip: bench requirements up to date"; fi
+
+bench-agents: bench-setup
+	@$(WITH_ENV) python tools/bench_agents.py --algos $(BENCH_ALGOS) --seeds $(BENCH_SEEDS) $(BENCH_ARGS)
+
+bench-bipedal: bench-setup
+	@$(WITH_ENV) python tools/bench_agents.py --bipedal --steps $(BIPEDAL_STEPS) --seeds $(BIPEDAL_SEEDS) $(BIPEDAL_ARGS)
 
 clean:
 	rm -rf out .pytest_cache

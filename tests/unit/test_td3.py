@@ -107,8 +107,7 @@ def test_td_target_ignores_next_state_when_terminated():
     with torch.no_grad():  # make the target critic predict something far from the reward
         for p in agent.critic_target.parameters():
             p.fill_(0.0)
-        agent.critic_target.q1_net[-1].bias.fill_(100.0)
-        agent.critic_target.q2_net[-1].bias.fill_(100.0)
+        agent.critic_target.layers[-1].bias.fill_(100.0)   # both members
     for _ in range(300):
         stats = agent.update(batch)
     assert abs(stats["q_mean"] - 2.0) < 0.05
@@ -263,5 +262,63 @@ def test_config_validation(bad):
 
 def test_registry():
     assert agent_classes("td3") == (TD3Agent, TD3Config) == AGENTS["td3"]
-    with pytest.raises(ValueError, match="known: td3"):
+    with pytest.raises(ValueError, match="known: ddpg, dqn, sac, td3"):
         agent_classes("nope")
+
+
+def legacy_critic(state, n_layers):
+    """An ensemble critic state dict written the way the former two-``nn.Sequential`` ``TwinQ`` stored it."""
+    out = {}
+    for i in range(n_layers):
+        w, b = state["layers.%d.weight" % i], state["layers.%d.bias" % i]
+        for k, net in enumerate(("q1_net", "q2_net")):
+            out["%s.%d.weight" % (net, 2 * i)] = w[k].t().contiguous()
+            out["%s.%d.bias" % (net, 2 * i)] = b[k, 0].clone()
+    return out
+
+
+def legacy_optim(state, n_layers):
+    per_net = 2 * n_layers
+    new = {}
+    for i in range(per_net):
+        entry = state["state"][i]
+        for k in range(2):
+            slot = {"step": entry["step"].clone()}
+            for key in ("exp_avg", "exp_avg_sq"):
+                t = entry[key][k]
+                slot[key] = t.t().contiguous() if i % 2 == 0 else t[0].clone()
+            new[k * per_net + i] = slot
+    group = dict(state["param_groups"][0], params=list(range(2 * per_net)), fused=None)
+    return {"state": new, "param_groups": [group]}
+
+
+def test_loads_checkpoints_of_the_former_two_network_critic():
+    """Checkpoints written before the ensemble critic (keys q1_net.*, q2_net.*, 12 Adam slots) resume exactly."""
+    agent = filled_agent(n=80, seed=1)
+    for _ in range(3):
+        agent.update()
+    state = agent.state_dict(include_buffer=True)
+    n_layers = len(agent.config.hidden_sizes) + 1
+    legacy = dict(state, critic=legacy_critic(state["critic"], n_layers),
+                  critic_target=legacy_critic(state["critic_target"], n_layers),
+                  critic_optim=legacy_optim(state["critic_optim"], n_layers))
+    for key in ("n_critics", "n_step", "prioritized_replay", "fused_optimizer"):
+        legacy["config"] = {k: v for k, v in legacy["config"].items() if k != key}
+    del legacy["exploration_override"]
+    other = TD3Agent(OBS, ACT, small_config(), seed=7)
+    other.load_state_dict(roundtrip(legacy))
+    obs, act = torch.randn(4, OBS), torch.rand(4, ACT)
+    assert torch.equal(other.critic(obs, act), agent.critic(obs, act))
+    assert other.critic_optim.param_groups[0]["fused"] == agent.critic_optim.param_groups[0]["fused"]
+    for _ in range(3):
+        assert other.update() == agent.update()
+    with pytest.raises(ValueError, match="n_critics"):
+        TD3Agent(OBS, ACT, small_config(n_critics=3)).load_state_dict(legacy)
+
+
+def test_update_stats_and_fused_default():
+    agent = filled_agent()
+    assert agent.critic.n_critics == 2 and agent.config.fused_optimizer
+    assert agent.critic_optim.param_groups[0]["fused"] is True   # torch >= 2.4 has a fused CPU Adam
+    stats = agent.update()
+    assert all(type(v) is float for v in stats.values())

@@ -1,17 +1,25 @@
 """The shared training loop and session on a tiny env: budgets, truncation vs termination, stops, errors,
-checkpoints, CSV, curve and resume."""
+checkpoints, CSV, curve and resume; gymnasium envs (continuous and discrete, BipedalWalker) through the same session
+and the `train` CLI; TensorBoard scalars; env-time vs learner-time speeds."""
 import csv
+import dataclasses
+import os
+import time
 
 import gymnasium
 import numpy as np
 import pytest
 
+from op3_walk.agents import AGENTS, agent_classes
 from op3_walk.agents.td3 import TD3Agent, TD3Config
+from op3_walk.config import ConfigError
+from op3_walk.training import cli
 from op3_walk.training.checkpoint import CheckpointError, read_meta
 from op3_walk.training.logger import EpisodeCsv
 from op3_walk.training.loop import EpisodeRecord, Trainer, TrainConfig
 from op3_walk.training.plots import moving_average, plot_learning_curves, read_episodes
-from op3_walk.training.session import TrainingSession, build_agent
+from op3_walk.training.session import (TrainingSession, build_agent, build_agent_for_env, make_gym_env, space_dims,
+                                       truncate_csv, wants_discrete)
 
 
 class ToyEnv(gymnasium.Env):
@@ -154,3 +162,158 @@ def test_moving_average_and_plot(tmp_path):
     empty.write_text("episode,total_env_steps\n")
     with pytest.raises(ValueError, match="no episodes"):
         plot_learning_curves([str(empty)], str(tmp_path / "x.png"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Any gymnasium env through the same session; discrete action spaces; TensorBoard; timing; checkpoint log lines.
+
+
+def tiny_agent_yaml(tmp_path, algo, **extra):
+    """A YAML with tiny networks and an early start for ``algo``, using only keys its config class has."""
+    _, config_cls = agent_classes(algo)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    wanted = dict(hidden_sizes=[16, 16], batch_size=16, buffer_size=2000, learning_starts=50, train_freq=4,
+                  gradient_steps=1, target_update_interval=20, exploration_fraction=0.5, **extra)
+    lines = ["%s: %s  # test setting" % (k, v if not isinstance(v, bool) else str(v).lower())
+             for k, v in wanted.items() if k in fields]
+    path = tmp_path / ("%s_tiny.yaml" % algo)
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_gym_env_spaces_and_rescaling():
+    env = make_gym_env("Pendulum-v1")
+    assert space_dims(env) == (3, 1, False)
+    assert float(env.action_space.low[0]) == -1.0 and float(env.action_space.high[0]) == 1.0   # torque +-2 N m
+    assert env.action_space.dtype == np.float32
+    env.reset(seed=0)
+    env.step(np.ones(1, np.float32))
+    assert env.unwrapped.last_u == pytest.approx(2.0)
+    env.close()
+    cartpole = make_gym_env("CartPole-v1")
+    assert space_dims(cartpole) == (4, 2, True)                  # act_dim = number of actions
+    with pytest.raises(ConfigError, match="td3 needs a Box"):
+        build_agent_for_env("td3", cartpole)
+    cartpole.close()
+    with pytest.raises(ConfigError, match="cannot make gymnasium env 'NoSuchEnv-v0'"):
+        make_gym_env("NoSuchEnv-v0")
+
+
+@pytest.mark.parametrize("algo", sorted(AGENTS))
+def test_every_agent_trains_through_the_session_on_a_gym_env(tmp_path, algo):
+    env_id = "CartPole-v1" if wants_discrete(algo) else "Pendulum-v1"
+    env = make_gym_env(env_id)
+    agent = build_agent_for_env(algo, env, tiny_agent_yaml(tmp_path, algo), seed=1)
+    lines = []
+    session = TrainingSession(agent, env, TrainConfig(total_steps=300, seed=1, checkpoint_every=0),
+                              str(tmp_path / "run"), {"env": env_id}, log=lines.append)
+    summary = session.run()
+    env.close()
+    assert summary.env_steps == 300 and summary.updates > 0
+    meta = read_meta(session.checkpoint_path)
+    assert meta["env"] == env_id and meta["algo"] == algo and "robot" not in meta
+    rows = list(csv.DictReader(open(session.csv_path)))
+    assert rows and rows[-1]["distance_m"] == "nan"
+    assert any(float(r["updates_per_s"]) > 0 for r in rows) and float(rows[-1]["env_only_steps_per_s"]) > 0
+    assert os.listdir(session.tb_dir) and (tmp_path / "run" / "learning_curve.png").exists()
+    assert lines and lines[-1].startswith("checkpoint %s at env step 300: " % session.checkpoint_path)
+    # A checkpoint of another env is refused.
+    with pytest.raises(CheckpointError, match="env 'Pendulum-v1'|env 'CartPole-v1'"):
+        other = "Pendulum-v1" if env_id == "CartPole-v1" else "MountainCarContinuous-v0"
+        TrainingSession(build_agent_for_env(algo, make_gym_env(env_id), tiny_agent_yaml(tmp_path, algo)),
+                        ToyEnv(), TrainConfig(total_steps=400), str(tmp_path / "other"), {"env": other},
+                        resume=session.checkpoint_path, tensorboard=False, log=lines.append)
+
+
+def test_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    session = TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=70, seed=1), str(tmp_path / "r"),
+                              {"robot": "toy", "task": "toy"}, log=lambda line: None)
+    session.run()
+    acc = EventAccumulator(session.tb_dir)
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("episode/return", "episode/length", "episode/distance_m", "episode/fell", "reward_terms/a",
+                "reward_terms/b", "train/critic_loss", "train/q_mean", "train/actor_loss", "speed/env_steps_per_s",
+                "speed/env_only_steps_per_s", "speed/updates_per_s", "progress/updates"):
+        assert tag in tags, tag
+    returns = acc.Scalars("episode/return")
+    assert [e.step for e in returns] == [7 * i for i in range(1, 11)]     # x = env steps
+
+
+def test_no_tensorboard_and_buffer_size_in_the_checkpoint_line(tmp_path):
+    cfg = TD3Config(hidden_sizes=[16, 16], batch_size=8, buffer_size=1000, learning_starts=20, save_buffer=True)
+    lines = []
+    session = TrainingSession(TD3Agent(3, 2, cfg), ToyEnv(), TrainConfig(total_steps=30), str(tmp_path / "r"),
+                              {"robot": "toy", "task": "toy"}, tensorboard=False, log=lines.append)
+    session.run()
+    assert not os.path.exists(session.tb_dir)
+    assert len(lines) == 1 and "at env step 30: " in lines[0] and "replay memory 30 transitions" in lines[0]
+
+
+def test_timing_splits_env_time_from_learner_time(tmp_path):
+    class SlowEnv(ToyEnv):
+        def step(self, action):
+            time.sleep(0.002)
+            return super().step(action)
+
+    session = TrainingSession(small_agent(), SlowEnv(), TrainConfig(total_steps=70), str(tmp_path / "r"),
+                              {"robot": "toy", "task": "toy"}, tensorboard=False, log=lambda line: None)
+    session.run()
+    rows = list(csv.DictReader(open(session.csv_path)))
+    for r in rows:
+        env_only = float(r["env_only_steps_per_s"])
+        assert env_only < 1 / 0.002 and env_only >= float(r["env_steps_per_s"])
+    assert float(rows[0]["updates_per_s"]) == 0.0 and float(rows[-1]["updates_per_s"]) > 0   # learning starts at 20
+
+
+def test_truncate_csv_drops_rows_past_a_checkpoint(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text("episode,total_env_steps\n1,10\n2,20\n3,30\n")
+    assert truncate_csv(str(path), 2) == 1
+    assert path.read_text().splitlines() == ["episode,total_env_steps", "1,10", "2,20"]
+    assert truncate_csv(str(path), 5) == 0 and truncate_csv(str(tmp_path / "none.csv"), 0) == 0
+
+
+@pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")  # Box2D's SWIG
+def test_bipedal_walker_runs_through_the_trainer(tmp_path):
+    env = make_gym_env("BipedalWalker-v3")
+    assert space_dims(env) == (24, 4, False)
+    agent = TD3Agent(24, 4, TD3Config(hidden_sizes=[16, 16], batch_size=16, buffer_size=1000, learning_starts=100))
+    records = []
+    summary = Trainer(agent, env, TrainConfig(total_steps=300, seed=0), on_episode=[records.append]).run()
+    env.close()
+    assert summary.env_steps == 300 and summary.updates > 0
+    assert all(np.isfinite(r.episode_return) for r in records)
+
+
+def test_cli_env_option(tmp_path, capsys):
+    yaml_path = tiny_agent_yaml(tmp_path, "td3")
+    out = tmp_path / "cli"
+    code = cli.main(["--env", "Pendulum-v1", "--agent-config", yaml_path, "--steps", "250", "--out-dir", str(out),
+                     "--no-progress", "--no-tensorboard", "--checkpoint-every", "0"])
+    assert code == 0
+    assert read_meta(str(out / "checkpoint.pt"))["env"] == "Pendulum-v1"
+    assert not (out / "tb").exists()
+    captured = capsys.readouterr()
+    assert "250 env steps" in captured.out
+    # Resuming with another env id is refused with a one-line error.
+    code = cli.main(["--env", "MountainCarContinuous-v0", "--agent-config", yaml_path, "--steps", "300",
+                     "--out-dir", str(tmp_path / "x"), "--resume", str(out / "checkpoint.pt"), "--no-progress"])
+    assert code == 2 and "was made for env 'Pendulum-v1'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--env", "Pendulum-v1", "--robot", "plen"])
+    code = cli.main(["--env", "CartPole-v1", "--algo", "td3", "--out-dir", str(tmp_path / "y"), "--no-progress"])
+    assert code == 2 and "td3 needs a Box" in capsys.readouterr().err
+
+
+def test_resume_keeps_tensorboard_points_up_to_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    meta, out = {"robot": "toy", "task": "toy"}, str(tmp_path / "r")
+    TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=70, seed=1), out, meta,
+                    log=lambda line: None).run()
+    TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=140, seed=1), out, meta,
+                    resume=os.path.join(out, "checkpoint.pt"), log=lambda line: None).run()
+    acc = EventAccumulator(os.path.join(out, "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("episode/return")] == [7 * i for i in range(1, 21)]

@@ -42,6 +42,7 @@ class LearnerParams:
     state_timeout: float = doc("s to wait for the controller's answer to one action before giving up", 10.0)
     connect_timeout: float = doc("s to wait for the controller to appear at start-up", 60.0)
     progress: bool = doc("show a progress bar on the console", True)
+    tensorboard: bool = doc("write TensorBoard scalars to out_dir/tb", True)
     wait_for_recorder: bool = doc("wait (up to connect_timeout) for a recorder subscribed to walker/action and "
                                   "walker/episode before the first reset, so a bag misses nothing", False)
 
@@ -63,7 +64,8 @@ class LearnerNode:
             agent, self.env, TrainConfig(total_steps=params.steps, seed=params.seed,
                                          checkpoint_every=params.checkpoint_every),
             out_dir, meta={"robot": robot.name, "task": params.task}, resume=os.path.expanduser(params.resume),
-            on_episode=[self._publish_stats], should_stop=rospy.is_shutdown, progress=params.progress)
+            on_episode=[self._publish_stats], should_stop=rospy.is_shutdown, progress=params.progress,
+            tensorboard=params.tensorboard)
         self.save_srv = rospy.Service("learner/save_checkpoint", SaveCheckpoint, self._on_save)
         if params.wait_for_recorder:
             self._wait_for_recorder(params.connect_timeout)

@@ -1,9 +1,10 @@
 """Checkpoints: atomic save, checked load.
 
 A checkpoint is one ``torch.save`` file holding ``{"format": FORMAT, "version": VERSION, "meta": {...},
-"payload": {...}}``.  ``meta`` says what the checkpoint is for (robot, algo, obs/act sizes, progress, when) and is
-checked on load; ``payload`` holds the state (agent, trainer counters).  Both may contain only types that
-``torch.load(weights_only=True)`` accepts: tensors, ``None``, bool, int, float, str, and lists/tuples/dicts of them.
+"payload": {...}}``.  ``meta`` says what the checkpoint is for (robot or gymnasium env id, algo, obs/act sizes,
+progress, when) and is checked on load; ``payload`` holds the state (agent, trainer counters).  Both may contain
+only types that ``torch.load(weights_only=True)`` accepts: tensors, ``None``, bool, int, float, str, and
+lists/tuples/dicts of them.
 Loading never unpickles arbitrary objects.
 
 Saving is atomic: the file is written to a temporary name in the same directory, flushed and fsync'ed, then
@@ -19,7 +20,9 @@ import torch
 
 FORMAT = "op3_walk-checkpoint"
 VERSION = 1
-REQUIRED_META = ("robot", "algo", "obs_dim", "act_dim", "env_steps", "episodes")
+REQUIRED_META = ("algo", "obs_dim", "act_dim", "env_steps", "episodes")
+# ... and what it was trained on: a "robot" (the walking task) or a gymnasium "env" id (e.g. Pendulum-v1).
+TRAINED_ON = ("robot", "env")
 
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -75,11 +78,13 @@ def _create_temp(directory: str, name: str) -> Tuple[int, str]:
 def save_checkpoint(path: str, payload: Dict[str, Any], meta: Dict[str, Any]) -> str:
     """Atomically write ``payload`` and ``meta`` to ``path`` (parent folders created); returns ``path``.
 
-    ``meta`` must hold ``REQUIRED_META``; ``created`` (unix seconds) is added unless given.  Unsafe types raise
-    ``ValueError`` before anything is written; a write failure raises ``CheckpointError`` and leaves an existing
-    checkpoint at ``path`` untouched.
+    ``meta`` must hold ``REQUIRED_META`` and one of ``TRAINED_ON``; ``created`` (unix seconds) is added unless
+    given.  Unsafe types raise ``ValueError`` before anything is written; a write failure raises
+    ``CheckpointError`` and leaves an existing checkpoint at ``path`` untouched.
     """
     missing = [key for key in REQUIRED_META if key not in meta]
+    if not any(key in meta for key in TRAINED_ON):
+        missing.append(" or ".join(TRAINED_ON))
     if missing:
         raise ValueError("checkpoint meta for %s lacks %s" % (path, ", ".join(missing)))
     meta = dict(meta)

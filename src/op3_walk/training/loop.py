@@ -1,9 +1,13 @@
 """``Trainer``: one loop that trains an agent on a gymnasium env, in-process or through ROS.
 
 The env may be the in-process ``WalkEnv`` or the ROS-backed env of ``op3_walk.ros``: the loop only sees the gymnasium
-API. The agent interface (``act``, ``observe``, ``ready``, ``update``, ``env_steps``, ``updates``,
-``config.updates_per_step``) is the one ``op3_walk.agents`` implements. Truncation is kept apart from termination:
-only ``terminated`` reaches the replay memory.
+API. The agent interface (``act``, ``observe``, ``updates_due``, ``update``, ``env_steps``, ``updates``) is the one
+every ``op3_walk.agents`` agent implements. After each env step the loop calls
+``agent.observe(obs, action, reward, next_obs, terminated, truncated)`` and then ``agent.update()`` exactly
+``agent.updates_due()`` times: the agent decides the update cadence (TD3/DDPG/SAC: ``updates_per_step`` on every
+step once ready; DQN: ``gradient_steps`` on every ``train_freq``-th step). Truncation is kept apart from
+termination: only ``terminated`` stops bootstrapping; ``truncated`` only ends n-step sums. The action goes to
+``env.step`` as ``act`` returned it (a float32 array, or an int for DQN on a Discrete action space).
 """
 import dataclasses
 import math
@@ -134,12 +138,11 @@ class Trainer:
                         break
                     raise
                 with self.lock:
-                    agent.observe(obs, action, float(reward), next_obs, bool(terminated))
-                    if agent.ready():
-                        for _ in range(agent.config.updates_per_step):
-                            for key, value in agent.update().items():
-                                loss_sums[key] = loss_sums.get(key, 0.0) + value
-                                loss_counts[key] = loss_counts.get(key, 0) + 1
+                    agent.observe(obs, action, float(reward), next_obs, bool(terminated), bool(truncated))
+                    for _ in range(agent.updates_due()):
+                        for key, value in agent.update().items():
+                            loss_sums[key] = loss_sums.get(key, 0.0) + value
+                            loss_counts[key] = loss_counts.get(key, 0) + 1
                 obs = next_obs
                 ep_return += float(reward)
                 length += 1
