@@ -100,3 +100,20 @@ def test_ctrl_c_and_save_service_leave_a_checkpoint_and_no_orphans(spawn, tmp_pa
     meta = read_meta(str(out / "checkpoint.pt"))  # written on shutdown
     assert meta["env_steps"] >= read_meta(str(requested))["env_steps"]
     assert "Traceback" not in proc.log(), proc.log()[-4000:]
+
+
+def test_dqn_trains_through_ros_on_a_discrete_action_task(spawn, tmp_path):
+    """Discrete actions cross the lockstep protocol (WalkerAction.discrete_action) and DQN learns from them."""
+    config = tmp_path / "dqn_small.yaml"
+    config.write_text("hidden_sizes: [32, 32]\nbatch_size: 32\nbuffer_size: 5000\nlearning_starts: 100\n"
+                      "train_freq: 4\nexploration_decay_steps: 200\n")
+    out = tmp_path / "dqn"
+    proc = spawn(launch_args(out, str(config), steps=300, robot="op3", task="zmp_tracking", algo="dqn",
+                             tensorboard="false"), name="train-dqn")
+    assert proc.wait(timeout=240) == 0, proc.log()[-4000:]
+    assert not proc.orphans(), "processes left behind: %s" % proc.orphans()
+    from op3_walk.training.checkpoint import read_meta
+    meta = read_meta(str(out / "checkpoint.pt"))
+    assert meta["env_steps"] == 300 and meta["robot"] == "op3" and meta["algo"] == "dqn"
+    assert meta["updates"] > 0
+    assert "rejected action" not in proc.log()  # every discrete action was well-formed

@@ -59,9 +59,9 @@ class ControllerNode:
         self.reset_srv = rospy.Service("walker/reset", ResetEpisode, self._on_reset)
         self.action_sub = rospy.Subscriber("walker/action", WalkerAction, self._on_action, queue_size=10,
                                            tcp_nodelay=True)
-        rospy.loginfo("controller: robot %s (%d joints, %.0f Hz control), task %s, observation %d, action %d; "
+        rospy.loginfo("controller: robot %s (%d joints, %.0f Hz control), task %s, observation %d, action %s; "
                       "waiting for walker/reset", self.robot.name, self.robot.n_joints, self.robot.control_rate_hz,
-                      params.task, self.env.observation_space.shape[0], self.env.action_space.shape[0])
+                      params.task, self.env.observation_space.shape[0], self.env.action_space)
 
     @property
     def step(self) -> int:
