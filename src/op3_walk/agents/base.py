@@ -216,6 +216,24 @@ class OffPolicyAgent:
             self.memory.update_priorities(batch.indices, td_abs)
 
     # ------------------------------------------------------------------ persistence
+    def critic_step(self, obs: torch.Tensor, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One gradient step of ``self.critic`` (an ensemble) onto ``self.td_target(batch)``; PER-weighted.
+
+        Returns ``(critic_loss, q)`` detached: the summed mean squared TD errors and the (n_critics, B) estimates.
+        """
+        q = self.critic(obs, batch.actions)                       # (n_critics, B)
+        td = q - self.td_target(batch)
+        sq = td.pow(2)
+        if batch.weights is not None:
+            sq = sq * batch.weights
+        critic_loss = sq.mean(dim=1).sum()
+        self.critic_optim.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optim.step()
+        self.updates += 1
+        self.report_td_errors(batch, td.detach().abs().mean(dim=0))
+        return critic_loss.detach(), q.detach()
+
     def extra_state(self) -> Dict[str, Any]:
         """Agent-specific state beyond ``modules``/``optimizers`` (weights_only-safe types)."""
         return {}

@@ -128,17 +128,7 @@ class SACAgent(OffPolicyAgent):
         obs = self.normalize_obs(batch.obs)
         alpha = self.log_ent_coef.detach().exp()
 
-        q = self.critic(obs, batch.actions)                       # (n_critics, B)
-        td = q - self.td_target(batch)
-        sq = td.pow(2)
-        if batch.weights is not None:
-            sq = sq * batch.weights
-        critic_loss = sq.mean(dim=1).sum()
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
-        self.updates += 1
-        self.report_td_errors(batch, td.detach().abs().mean(dim=0))
+        critic_loss, q = self.critic_step(obs, batch)
 
         action, log_prob = self.actor.sample(obs, self.generator)
         q_pi = self.critic(obs, action, frozen=True).min(dim=0).values
@@ -155,7 +145,7 @@ class SACAgent(OffPolicyAgent):
             self.ent_coef_optim.step()
         polyak_update(self.critic_target, self.critic, cfg.tau)
 
-        numbers = torch.stack([critic_loss.detach(), q.detach().mean(), actor_loss.detach(), alpha,
+        numbers = torch.stack([critic_loss, q.mean(), actor_loss.detach(), alpha,
                                -log_prob.mean()]).tolist()
         return dict(zip(("critic_loss", "q_mean", "actor_loss", "ent_coef", "entropy"), numbers))
 

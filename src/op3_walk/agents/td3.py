@@ -168,18 +168,8 @@ class TD3Agent(OffPolicyAgent):
         obs = self.normalize_obs(batch.obs)
 
         # Critic: regress every Q estimate onto the TD target.
-        q = self.critic(obs, batch.actions)                       # (n_critics, B)
-        td = q - self.td_target(batch)
-        sq = td.pow(2)
-        if batch.weights is not None:
-            sq = sq * batch.weights
-        critic_loss = sq.mean(dim=1).sum()
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
-        self.updates += 1
-        self.report_td_errors(batch, td.detach().abs().mean(dim=0))
-        values = [critic_loss.detach(), q.detach().mean()]
+        critic_loss, q = self.critic_step(obs, batch)
+        values = [critic_loss, q.mean()]
 
         # Actor and targets: every policy_delay critic updates, ascend Q1(s, pi(s)) (critic weights frozen).
         if self.updates % cfg.policy_delay == 0:
