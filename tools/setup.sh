@@ -13,6 +13,7 @@ mkdir -p "$STAMPS"
 ROS_PY=/usr/bin/python3          # the interpreter ROS1 is built for, on Noetic and on Debian 12 alike
 NOETIC_SETUP=/opt/ros/noetic/setup.bash
 APT_PACKAGES="ros-core-python-dev python3-rostest python3-rosbag python3-venv cmake g++"
+APT_EXTRAS="ros-robot-state-publisher python3-tf2-msgs"
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -42,6 +43,25 @@ fi
 if [ -f "$NOETIC_SETUP" ]; then
   # shellcheck disable=SC1090
   set +u; source "$NOETIC_SETUP"; set -u
+fi
+
+# view.launch (robot_state_publisher) and the controller's odom -> torso TF (tf2_msgs). Small; installed on
+# Debian when missing. On Noetic they come with ros-noetic-desktop; a bare ros-base gets a hint.
+extras_ok() {
+  "$ROS_PY" -c 'import tf2_msgs.msg, diagnostic_msgs.msg, std_srvs.srv, rosgraph_msgs.msg' >/dev/null 2>&1 \
+    && { [ -x /usr/lib/robot_state_publisher/robot_state_publisher ] \
+         || [ -x /opt/ros/noetic/lib/robot_state_publisher/robot_state_publisher ]; }
+}
+if ! extras_ok; then
+  if [ -f "$NOETIC_SETUP" ]; then
+    log "ROS: robot_state_publisher or tf2_msgs missing; view.launch needs: sudo apt-get install ros-noetic-robot-state-publisher ros-noetic-tf2-msgs"
+  elif command -v apt-get >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] && SUDO="" || SUDO="sudo"
+    log "ROS: installing $APT_EXTRAS"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $APT_EXTRAS >/dev/null \
+      || { $SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $APT_EXTRAS >/dev/null; } \
+      || die "could not install $APT_EXTRAS"
+  fi
 fi
 
 # --- 2. venv -----------------------------------------------------------------------------------------------
