@@ -281,6 +281,24 @@ class OffPolicyAgent:
         """Value of architecture key ``key`` for checkpoints written before the key existed."""
         raise KeyError(key)
 
+    def load_weights(self, d: Dict[str, Any]) -> None:
+        """Only the networks (and their targets) from a :meth:`state_dict` of the same algorithm and architecture;
+        replay memory, optimiser state, counters and RNGs stay (e.g. a learner switching to a better policy).
+
+        ``ValueError`` (and nothing changed) when the state does not fit this agent."""
+        self.check_compatible(d)
+        missing = [name for name in self.modules if name not in d]
+        if missing:
+            raise ValueError("state has no %s" % ", ".join(missing))
+        backup = {name: {k: v.clone() for k, v in getattr(self, name).state_dict().items()} for name in self.modules}
+        try:
+            for name in self.modules:
+                getattr(self, name).load_state_dict(d[name])
+        except (RuntimeError, KeyError) as exc:
+            for name in self.modules:
+                getattr(self, name).load_state_dict(backup[name])
+            raise ValueError("state does not fit this agent's networks: %s" % exc) from None
+
     def load_state_dict(self, d: Dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (memory too when it was saved).
 

@@ -233,6 +233,15 @@ class WalkEnv(gymnasium.Env):
                 self._next_command_s += self.task.command.resample_s
         return self._observe(state), float(sum(terms.values())), fell, truncated, info
 
+    def current_observation(self) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """The observation of the latest state and an info dict (``state``, ``distance``, no reward terms), without
+        stepping: what a real-time controller reports when it ends an episode itself (its watchdog)."""
+        if self.state is None:
+            raise RuntimeError("call reset() before current_observation()")
+        info = {"state": self.state, "reward_terms": {}, "fell": False,
+                "distance": float(self.state.base_position[0]) - self._start_x}
+        return self._observe(self.state), info
+
     def render(self):
         if self.render_mode == "rgb_array":
             return self.backend.render_rgb(RENDER_WIDTH, RENDER_HEIGHT)

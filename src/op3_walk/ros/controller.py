@@ -1,29 +1,51 @@
-"""controller_node: owns the robot (here the PyBullet walking env) and steps it in lockstep with the learner.
+"""controller_node: owns the robot (a backend under the walking task) and steps it for a learner or a policy.
 
-Lockstep protocol (simulation): the controller publishes WalkerState (episode e, step k); the learner answers with
-WalkerAction (e, k); only then does the controller advance exactly one control period and publish (e, k+1). An
-action for any other (episode, step) is dropped and counted; a repeat of the action just applied makes the
-controller re-send its current state (so a lost state message costs a resend, not a hang). Episodes start through
-the ``walker/reset`` service. Never imports torch: this node is what runs on a robot's small computer.
+Two modes:
+
+- ``lockstep`` (simulation; the default for ``pybullet`` and ``gazebo``): the controller publishes WalkerState
+  (episode e, step k); the learner answers with WalkerAction (e, k); only then does the controller advance exactly
+  one control period and publish (e, k+1).  Deterministic: a seeded run reproduces the in-process run.  An action
+  for any other (episode, step) is dropped and counted; a repeat of the action just applied makes the controller
+  re-send its current state (so a lost state message costs a resend, not a hang).
+- ``realtime`` (hardware; or a sim run at wall-clock rate): a fixed-rate loop at the robot's control rate.  Every
+  tick applies the freshest action of the current episode (answering step k, k <= now); without one it repeats
+  the last action for up to ``watchdog_timeout_s``; after that the watchdog trips: the episode ends (truncated)
+  and the robot holds still (``watchdog_action``) until the next reset.  Late actions (older than the one
+  applied) and actions of another episode are dropped and counted.
+
+Episodes start through the ``walker/reset`` service.  Never imports torch: this node is what runs on a robot's
+small computer.
 
 Topics (relative, so the node can live in a namespace):
   publishes  walker/state (op3_walk/WalkerState), joint_states (sensor_msgs/JointState),
-             imu/data (sensor_msgs/Imu, frame = the robot's torso link)
+             imu/data (sensor_msgs/Imu, frame = the robot's torso link), /diagnostics (diagnostic_msgs),
+             /tf (odom -> torso link, when publish_tf)
   subscribes walker/action (op3_walk/WalkerAction)
   services   walker/reset (op3_walk/ResetEpisode)
 """
+import collections
 import dataclasses
 import threading
+import time
+from typing import Any, Deque, Dict, List, Optional
 
+import numpy as np
 import rospy
 from sensor_msgs.msg import Imu, JointState
 
-from op3_walk.config import doc
-from op3_walk.envs.walk_env import WalkEnv
+from op3_walk.config import ConfigError, doc, from_dict
+from op3_walk.envs.walk_env import WalkEnv, load_task
 from op3_walk.msg import WalkerAction, WalkerState
+from op3_walk.robots import load_robot
 from op3_walk.ros.conversions import (action_from_message, imu_message, joint_state_message, state_message)
+from op3_walk.ros.diagnostics import DiagnosticsPublisher, percentiles_ms, status
 from op3_walk.ros.params import load_private_params, run_node
 from op3_walk.srv import ResetEpisode, ResetEpisodeResponse
+
+BACKENDS = ("pybullet", "gazebo", "hardware")
+MODES = ("lockstep", "realtime")
+WATCHDOG_ACTIONS = ("hold", "stance")
+LATENCY_WINDOW = 2000   # state->action latencies (and step times) kept for the diagnostics percentiles
 
 
 @dataclasses.dataclass
@@ -32,36 +54,114 @@ class ControllerParams:
 
     robot: str = doc("robot config: a name in config/robots/ or a YAML path", "plen")
     task: str = doc("walking task config: a name in config/tasks/ or a YAML path", "walk")
-    gui: bool = doc("open the PyBullet GUI (needs a display); false = headless DIRECT mode", False)
+    backend: str = doc("what is driven: pybullet (simulation in this process), gazebo (a Gazebo world through the "
+                       "stock op3_gazebo topics and services; see the gazebo parameters), hardware (the real robot)",
+                       "pybullet")
+    mode: str = doc("lockstep (one control period per action: deterministic simulation) or realtime (fixed-rate "
+                    "loop, freshest action, watchdog); empty = lockstep for pybullet and gazebo, realtime for "
+                    "hardware", "")
+    gui: bool = doc("pybullet: open the PyBullet GUI (needs a display); false = headless DIRECT mode", False)
+    gazebo: Dict[str, Any] = doc("gazebo backend settings (GazeboBridgeParams: namespace, topics, timeouts)",
+                                 default_factory=dict)
+    watchdog_timeout_s: float = doc("realtime: s without a fresh action before the watchdog ends the episode and "
+                                    "holds the robot (the last action is repeated until then)", 0.1)
+    watchdog_action: str = doc("realtime: what the robot does once the watchdog trips or an episode has ended: "
+                               "hold (keep the joints where they are) or stance (go to the robot's stance)", "hold")
     publish_joint_states: bool = doc("publish sensor_msgs/JointState on joint_states every tick", True)
     publish_imu: bool = doc("publish sensor_msgs/Imu on imu/data every tick", True)
+    publish_tf: bool = doc("publish the odom -> torso transform on /tf every tick (for RViz with view.launch)",
+                           True)
+    tf_prefix: str = doc("prefix of the TF frame names (e.g. actor_0/ when several controllers share /tf)", "")
+    diagnostics_rate_hz: float = doc("Hz of /diagnostics messages; 0 = none", 1.0)
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError("backend must be one of %s, got %r" % (", ".join(BACKENDS), self.backend))
+        if self.mode not in MODES + ("",):
+            raise ValueError("mode must be lockstep, realtime or empty (the backend's default), got %r" % self.mode)
+        if self.watchdog_action not in WATCHDOG_ACTIONS:
+            raise ValueError("watchdog_action must be hold or stance, got %r" % self.watchdog_action)
+        if not self.watchdog_timeout_s > 0:
+            raise ValueError("watchdog_timeout_s must be > 0")
+        if self.diagnostics_rate_hz < 0:
+            raise ValueError("diagnostics_rate_hz must be >= 0")
+
+    @property
+    def effective_mode(self) -> str:
+        return self.mode or ("realtime" if self.backend == "hardware" else "lockstep")
+
+
+def make_backend(params: ControllerParams, robot: Any) -> Any:
+    """The backend named by ``params.backend`` for ``robot`` (ConfigError when it cannot be built here)."""
+    if params.backend == "pybullet":
+        from op3_walk.backends.pybullet_backend import PyBulletBackend
+        return PyBulletBackend(robot, gui=params.gui)
+    if params.backend == "gazebo":
+        from op3_walk.ros.gazebo_bridge import GazeboBridgeBackend, GazeboBridgeParams
+        return GazeboBridgeBackend(robot, from_dict(GazeboBridgeParams, params.gazebo,
+                                                    where="%s private parameter gazebo" % rospy.get_name()))
+    raise ConfigError("backend hardware: the real-robot backends (PLEN servo/ADC/IMU stack, OP3 framework bridge) "
+                      "and their safety layer are not part of this release yet; use backend pybullet or gazebo")
 
 
 class ControllerNode:
-    """Serves one walking env over ROS in lockstep (see module docstring)."""
+    """Serves one walking env over ROS, in lockstep or in real time (see module docstring)."""
 
     def __init__(self, params: ControllerParams):
         self.params = params
-        self.env = WalkEnv(robot=params.robot, task=params.task, gui=params.gui)
+        self.mode = params.effective_mode
+        robot = load_robot(params.robot)
+        backend = make_backend(params, robot)
+        try:
+            self.env = WalkEnv(robot=robot, task=load_task(params.task), backend=backend)
+        except Exception:
+            backend.close()
+            raise
+        self.backend = backend
         self.robot = self.env.robot
         self.layout = self.env.layout
+        self.period_s = self.robot.control_period_s
         self.lock = threading.Lock()
         self.episode = 0
         self.episode_over = True
-        self.last_state = None          # the WalkerState published last (re-sent on a repeated action)
-        self.dropped_actions = 0         # actions for another (episode, step)
-        self.rejected_actions = 0        # malformed actions (wrong size, NaN)
+        self.last_state: Optional[WalkerState] = None   # the WalkerState published last (re-sent on a repeat)
+        self.dropped_actions = 0          # actions for another (episode, step), or late ones
+        self.rejected_actions = 0         # malformed actions (wrong size, NaN)
+        self.repeated_actions = 0         # lockstep: repeats of the action just applied (answered with a resend)
+        self.watchdog_trips = 0
+        self.step_failures = 0
+        self.steps_done = 0
+        self.overruns = 0                 # realtime: ticks that started late by more than a period
+        self._published_at: Dict[int, float] = {}       # step -> monotonic time its state was published
+        self.latencies: Deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.step_times: Deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        # realtime: the freshest valid action not applied yet, and the last one applied
+        self._fresh: Optional[Any] = None
+        self._fresh_step = -1
+        self._applied_step = -1
+        self._last_action: Optional[Any] = None
+        self._last_action_time = 0.0
+        self._hold_targets: Optional[np.ndarray] = None
+        self.watchdog_active = False
         self.state_pub = rospy.Publisher("walker/state", WalkerState, queue_size=10, tcp_nodelay=True)
         self.joint_pub = (rospy.Publisher("joint_states", JointState, queue_size=10, tcp_nodelay=True)
                           if params.publish_joint_states else None)
         self.imu_pub = (rospy.Publisher("imu/data", Imu, queue_size=10, tcp_nodelay=True)
                         if params.publish_imu else None)
+        self.tf_pub = self._tf_publisher() if params.publish_tf else None
         self.reset_srv = rospy.Service("walker/reset", ResetEpisode, self._on_reset)
         self.action_sub = rospy.Subscriber("walker/action", WalkerAction, self._on_action, queue_size=10,
                                            tcp_nodelay=True)
-        rospy.loginfo("controller: robot %s (%d joints, %.0f Hz control), task %s, observation %d, action %s; "
-                      "waiting for walker/reset", self.robot.name, self.robot.n_joints, self.robot.control_rate_hz,
-                      params.task, self.env.observation_space.shape[0], self.env.action_space)
+        self.diagnostics = DiagnosticsPublisher(params.diagnostics_rate_hz, self._diagnostics)
+        self._stop = threading.Event()
+        self._loop_thread: Optional[threading.Thread] = None
+        if self.mode == "realtime":
+            self._loop_thread = threading.Thread(target=self._realtime_loop, name="controller_loop", daemon=True)
+            self._loop_thread.start()
+        rospy.loginfo("controller: robot %s (%d joints, %.0f Hz control) on %s, %s mode, task %s, observation %d, "
+                      "action %s; waiting for walker/reset", self.robot.name, self.robot.n_joints,
+                      self.robot.control_rate_hz, params.backend, self.mode, params.task,
+                      self.env.observation_space.shape[0], self.env.action_space)
 
     @property
     def step(self) -> int:
@@ -78,57 +178,229 @@ class ControllerNode:
                 return ResetEpisodeResponse(success=False, message="reset failed: %s" % exc)
             self.episode += 1
             self.episode_over = False
+            self._fresh, self._fresh_step, self._applied_step = None, -1, -1
+            self._last_action = None
+            self._last_action_time = time.monotonic()   # the watchdog counts from the reset
+            self._hold_targets = None
+            self.watchdog_active = False
             msg = self._publish(obs, 0.0, False, False, info)
         return ResetEpisodeResponse(success=True, message="", state=msg)
 
     def _on_action(self, msg: WalkerAction) -> None:
         with self.lock:
+            if self.mode == "realtime":
+                self._take_realtime_action(msg)
+                return
             if msg.episode == self.episode and msg.step + 1 == self.step and self.last_state is not None:
+                self.repeated_actions += 1
                 self.state_pub.publish(self.last_state)       # repeat: the learner missed our answer
                 return
             if self.episode_over or msg.episode != self.episode or msg.step != self.step:
-                self.dropped_actions += 1
-                rospy.logwarn_throttle(5.0, "controller: dropped action for episode %d step %d (now at episode %d "
-                                       "step %d%s); %d dropped so far", msg.episode, msg.step, self.episode,
-                                       self.step, ", episode over" if self.episode_over else "",
-                                       self.dropped_actions)
+                self._drop(msg)
                 return
-            try:
-                action = action_from_message(msg, self.env.action_space)
-            except ValueError as exc:
-                self.rejected_actions += 1
-                rospy.logerr_throttle(5.0, "controller: rejected action (episode %d step %d): %s; %d rejected so far",
-                                      msg.episode, msg.step, exc, self.rejected_actions)
+            action = self._decode(msg)
+            if action is None:
                 return
-            try:
-                obs, reward, terminated, truncated, info = self.env.step(action)
-            except Exception as exc:  # a backend failure ends the episode; the learner's next reset starts afresh
-                self.episode_over = True
-                rospy.logerr("controller: step failed at episode %d step %d, episode abandoned: %s",
-                             self.episode, self.step, exc)
+            self._note_latency(msg.step)
+            self._advance(action)
+
+    # -- realtime -----------------------------------------------------------------------------------------------
+    def _take_realtime_action(self, msg: WalkerAction) -> None:
+        """Keep ``msg`` as the freshest action if it answers a step of this episode not older than the one
+        applied last; otherwise drop and count it."""
+        if (self.episode_over or msg.episode != self.episode or msg.step > self.step
+                or msg.step <= max(self._applied_step, self._fresh_step)):
+            self._drop(msg)
+            return
+        action = self._decode(msg)
+        if action is None:
+            return
+        self._note_latency(msg.step)
+        if self._fresh is not None:
+            self.dropped_actions += 1      # superseded before it was applied
+        self._fresh, self._fresh_step = action, int(msg.step)
+
+    def _realtime_loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set() and not rospy.is_shutdown():
+            next_tick += self.period_s
+            with self.lock:
+                try:
+                    self._realtime_tick()
+                except Exception as exc:  # a backend failure: end the episode, keep the loop (and watchdog) alive
+                    self.step_failures += 1
+                    self.episode_over = True
+                    rospy.logerr_throttle(5.0, "controller: tick failed: %s", exc)
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            elif -delay > self.period_s:   # more than a whole period late: start afresh, count it
+                self.overruns += 1
+                next_tick = time.monotonic()
+
+    def _realtime_tick(self) -> None:
+        now = time.monotonic()
+        if self.episode == 0:
+            return                       # nothing reset yet: the robot is as the backend started it
+        if not self.episode_over:
+            if self._fresh is not None:
+                action, self._applied_step = self._fresh, self._fresh_step
+                self._fresh = None
+                self._last_action, self._last_action_time = action, now
+                self._advance(action)
                 return
-            self.episode_over = bool(terminated or truncated)
-            self._publish(obs, reward, terminated, truncated, info)
+            if self._last_action is not None and now - self._last_action_time <= self.params.watchdog_timeout_s:
+                self._advance(self._last_action)   # zero-order hold of the last action
+                return
+            if now - self._last_action_time > self.params.watchdog_timeout_s:
+                self._trip_watchdog(now)
+                return
+            return                           # just reset: waiting for the first action, within the timeout
+        self._hold()
+
+    def _trip_watchdog(self, now: float) -> None:
+        self.watchdog_trips += 1
+        self.watchdog_active = True
+        rospy.logwarn("controller: watchdog: no action for %.0f ms at episode %d step %d; episode ended, robot %s",
+                      1e3 * (now - self._last_action_time), self.episode, self.step,
+                      "holding" if self.params.watchdog_action == "hold" else "going to its stance")
+        self.episode_over = True
+        obs, info = self.env.current_observation()
+        self._publish(obs, 0.0, False, True, info)
+        self._hold()
+
+    def _hold(self) -> None:
+        """Between episodes (or after the watchdog): keep the robot still and keep time going."""
+        if self._hold_targets is None:
+            self._hold_targets = (np.asarray(self.robot.stance, dtype=float)
+                                  if self.params.watchdog_action == "stance"
+                                  else np.asarray(self.env.state.joint_positions, dtype=float).copy())
+        self.backend.apply(self._hold_targets)
+        state = self.backend.step()
+        self._publish_sensors(state, rospy.Time.now())
 
     # -- helpers ------------------------------------------------------------------------------------------------
+    def _drop(self, msg: WalkerAction) -> None:
+        self.dropped_actions += 1
+        rospy.logwarn_throttle(5.0, "controller: dropped action for episode %d step %d (now at episode %d step %d%s); "
+                               "%d dropped so far", msg.episode, msg.step, self.episode, self.step,
+                               ", episode over" if self.episode_over else "", self.dropped_actions)
+
+    def _decode(self, msg: WalkerAction) -> Optional[Any]:
+        try:
+            return action_from_message(msg, self.env.action_space)
+        except ValueError as exc:
+            self.rejected_actions += 1
+            rospy.logerr_throttle(5.0, "controller: rejected action (episode %d step %d): %s; %d rejected so far",
+                                  msg.episode, msg.step, exc, self.rejected_actions)
+            return None
+
+    def _note_latency(self, step: int) -> None:
+        sent = self._published_at.get(int(step))
+        if sent is not None:
+            self.latencies.append(time.monotonic() - sent)
+
+    def _advance(self, action: Any) -> None:
+        start = time.perf_counter()
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except Exception as exc:  # a backend failure ends the episode; the learner's next reset starts afresh
+            self.episode_over = True
+            self.step_failures += 1
+            rospy.logerr("controller: step failed at episode %d step %d, episode abandoned: %s",
+                         self.episode, self.step, exc)
+            return
+        self.step_times.append(time.perf_counter() - start)
+        self.steps_done += 1
+        self.episode_over = bool(terminated or truncated)
+        self._publish(obs, reward, terminated, truncated, info)
+
     def _publish(self, obs, reward, terminated, truncated, info) -> WalkerState:
         stamp = rospy.Time.now()
         msg = state_message(self.robot, self.layout, self.episode, self.step, obs, reward, terminated, truncated,
                             info, stamp)
         self.last_state = msg
+        if len(self._published_at) > 4 * LATENCY_WINDOW:
+            self._published_at.clear()
+        self._published_at[self.step] = time.monotonic()
+        if self.step == 0:
+            self._published_at = {0: self._published_at[0]}
         self.state_pub.publish(msg)
-        state = info["state"]
+        self._publish_sensors(info["state"], stamp)
+        return msg
+
+    def _publish_sensors(self, state: Any, stamp: rospy.Time) -> None:
         if self.joint_pub is not None:
             self.joint_pub.publish(joint_state_message(self.robot, state, stamp))
         if self.imu_pub is not None:
-            self.imu_pub.publish(imu_message(state, self.robot.torso_link, stamp))
-        return msg
+            self.imu_pub.publish(imu_message(state, self.params.tf_prefix + self.robot.torso_link, stamp))
+        if self.tf_pub is not None:
+            self.tf_pub.publish(self._tf_message(state, stamp))
+
+    def _tf_publisher(self) -> Optional[rospy.Publisher]:
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            rospy.logwarn("controller: tf2_msgs is not installed: no odom -> torso transform on /tf")
+            return None
+        self._tf_type = TFMessage
+        return rospy.Publisher("/tf", TFMessage, queue_size=10)
+
+    def _tf_message(self, state: Any, stamp: rospy.Time) -> Any:
+        from geometry_msgs.msg import TransformStamped
+        t = TransformStamped()
+        t.header.stamp = stamp
+        t.header.frame_id = self.params.tf_prefix + "odom"
+        t.child_frame_id = self.params.tf_prefix + self.robot.torso_link
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (
+            float(v) for v in state.base_position)
+        q = t.transform.rotation
+        q.x, q.y, q.z, q.w = (float(v) for v in state.base_orientation)
+        return self._tf_type(transforms=[t])
+
+    def _diagnostics(self, window_s: float, previous: Dict[str, float]) -> List[Any]:
+        with self.lock:
+            steps = self.steps_done
+            latencies = list(self.latencies)
+            step_times = list(self.step_times)
+            values = {
+                "backend": self.params.backend, "mode": self.mode, "robot": self.robot.name,
+                "episode": self.episode, "step": self.step, "episode running": not self.episode_over,
+                "dropped actions": self.dropped_actions, "rejected actions": self.rejected_actions,
+                "repeated actions": self.repeated_actions, "step failures": self.step_failures,
+                "watchdog trips": self.watchdog_trips, "watchdog active": self.watchdog_active,
+            }
+            if self.mode == "realtime":
+                values["loop overruns"] = self.overruns
+                values["watchdog timeout [s]"] = self.params.watchdog_timeout_s
+        rate = (steps - previous.get("steps", steps)) / window_s if window_s > 0 else 0.0
+        previous["steps"] = steps
+        values["control steps/s"] = "%.1f" % rate
+        if self.mode == "realtime":
+            values["control rate target [Hz]"] = "%.1f" % self.robot.control_rate_hz
+        values.update(percentiles_ms("state->action latency", latencies))
+        values.update(percentiles_ms("step compute", step_times))
+        overshoot = getattr(self.backend, "overshoot_stats", None)
+        if callable(overshoot):
+            values.update(overshoot())
+        level, message = 0, "running" if values["episode running"] else "idle (waiting for walker/reset)"
+        if self.watchdog_active:
+            level, message = 1, "watchdog tripped: no fresh actions, robot held"
+        if self.step_failures:
+            level, message = 2 if not values["episode running"] else 1, "backend step failures: %d" % self.step_failures
+        return [status("op3_walk controller %s" % (rospy.get_namespace().rstrip("/") or "/"), level, message,
+                       rospy.get_name(), values)]
 
     def close(self) -> None:
+        self._stop.set()
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=2.0)
+        self.diagnostics.stop()
         with self.lock:
             self.env.close()
-        rospy.loginfo("controller: shut down after %d episodes (%d actions dropped, %d rejected)",
-                      self.episode, self.dropped_actions, self.rejected_actions)
+            self.backend.close()
+        rospy.loginfo("controller: shut down after %d episodes (%d actions dropped, %d rejected, %d watchdog trips)",
+                      self.episode, self.dropped_actions, self.rejected_actions, self.watchdog_trips)
 
 
 def main() -> None:

@@ -13,11 +13,16 @@ import dataclasses
 import math
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import numpy as np
 
 from op3_walk.config import doc
+
+
+class EnvUnavailable(RuntimeError):
+    """A remote env stopped answering (e.g. its controller process died): the episode in progress is lost, and a
+    later ``reset`` may bring the env back (a restarted controller).  Remote envs raise subclasses of it."""
 
 
 @dataclasses.dataclass
@@ -26,14 +31,19 @@ class TrainConfig:
 
     total_steps: int = doc("env steps to train for, counted over the whole run (a resumed run continues the count)",
                            20000)
-    seed: int = doc("seed of the first episode (later episodes continue the env's RNG stream) and of the agent", 0)
+    seed: int = doc("seed of the first episode (later episodes continue the env's RNG stream) and of the agent; "
+                    "with several envs, env i's first episode gets seed + i", 0)
     checkpoint_every: int = doc("env steps between periodic checkpoints; 0 = only at the end", 5000)
+    reconnect_timeout_s: float = doc("s to keep trying to reset an env that became unavailable (a controller being "
+                                     "restarted) before the run fails; 0 = fail at once", 0.0)
 
     def validate(self) -> None:
         if self.total_steps < 1:
             raise ValueError("total_steps must be >= 1")
         if self.checkpoint_every < 0:
             raise ValueError("checkpoint_every must be >= 0")
+        if self.reconnect_timeout_s < 0:
+            raise ValueError("reconnect_timeout_s must be >= 0")
 
 
 @dataclasses.dataclass
@@ -51,6 +61,7 @@ class EpisodeRecord:
     total_updates: int
     reward_terms: Dict[str, float]
     losses: Dict[str, float]  # mean of each loss over the episode's updates (empty before learning starts)
+    actor: int = 0           # index of the env (actor) that ran the episode
 
 
 @dataclasses.dataclass
@@ -61,32 +72,85 @@ class TrainSummary:
     wall_time: float         # s of this run
     stopped_early: bool      # a stop request (shutdown) ended the run before its step budget
     new_env_steps: int       # env steps taken by this run (env_steps includes a resumed run's earlier steps)
+    lost_episodes: int = 0   # episodes abandoned because their env became unavailable
+
+
+class _Slot:
+    """One env and the episode it is running."""
+
+    def __init__(self, env: Any, index: int):
+        self.env = env
+        self.index = index
+        self.obs: Any = None          # None: no episode running (not started yet, or the env is lost)
+        self.action: Any = None
+        self.lost_since: Optional[float] = None
+        self.next_retry = 0.0
+        self.start_episode(None)
+
+    def start_episode(self, obs: Any) -> None:
+        self.obs = obs
+        self.started = time.monotonic()
+        self.ep_return = 0.0
+        self.length = 0
+        self.terms: Dict[str, float] = {}
+        self.loss_sums: Dict[str, float] = {}
+        self.loss_counts: Dict[str, int] = {}
+        self.info: Dict[str, Any] = {}
+
+    def send(self, action: Any) -> None:
+        """Hand the action to the env: remote envs with ``step_async`` start stepping now; others step in
+        :meth:`receive`."""
+        self.action = action
+        if hasattr(self.env, "step_async"):
+            self.env.step_async(action)
+
+    def receive(self) -> Any:
+        if hasattr(self.env, "step_async"):
+            return self.env.step_wait()
+        return self.env.step(self.action)
 
 
 class Trainer:
-    """Run ``agent`` on ``env`` for ``config.total_steps`` env steps.
+    """Run ``agent`` on ``env`` (one env, or a list of envs: several actors feeding one agent) for
+    ``config.total_steps`` env steps.
 
     Hooks: ``on_episode(record)`` after each episode, ``checkpoint(trainer)`` every ``checkpoint_every`` steps
     and at the end, ``should_stop()`` polled every step (e.g. ROS shutdown), ``on_step(trainer)`` after each step
-    (progress display). ``lock`` is held while the agent is touched, so another thread (a ROS service) can take
-    it to save a consistent checkpoint.
+    (progress display), ``log(message)`` for notes (a lost or recovered env).  ``lock`` is held while the agent is
+    touched, so another thread (a ROS service) can take it to save a consistent checkpoint or change exploration.
+    Setting ``paused`` (a ``threading.Event``) holds the loop between steps until it is cleared.
+
+    With several envs, every round acts on each running env's observation (in env order), sends all actions, then
+    collects the results in env order, storing and updating after each one: envs with ``step_async``/``step_wait``
+    (the ROS env) step concurrently.  With one env, the calls are exactly act, step, observe, update.
+    An env raising :class:`EnvUnavailable` loses its episode; it is reset again (retried every few seconds, or
+    blocking when no other env is running) for up to ``config.reconnect_timeout_s``.
     """
+
+    RETRY_INTERVAL_S = 2.0   # between reset attempts of a lost env while others keep training
 
     def __init__(self, agent: Any, env: Any, config: TrainConfig,
                  on_episode: Optional[List[Callable[[EpisodeRecord], None]]] = None,
                  checkpoint: Optional[Callable[["Trainer"], None]] = None,
                  should_stop: Optional[Callable[[], bool]] = None,
                  on_step: Optional[Callable[["Trainer"], None]] = None,
-                 episodes_done: int = 0):
+                 episodes_done: int = 0, log: Optional[Callable[[str], None]] = None):
         self.agent = agent
-        self.env = env
+        self.envs = list(env) if isinstance(env, (list, tuple)) else [env]
+        if not self.envs:
+            raise ValueError("Trainer needs at least one env")
+        self.env = self.envs[0]
         self.config = config
         self.on_episode = list(on_episode or [])
         self.checkpoint = checkpoint
         self.should_stop = should_stop or (lambda: False)
         self.on_step = on_step
+        self.log = log or (lambda message: None)
         self.episodes = episodes_done
+        self.lost_episodes = 0
+        self.lost_envs: Set[int] = set()   # indices of the envs unavailable right now
         self.lock = threading.RLock()
+        self.paused = threading.Event()
         self.last_record: Optional[EpisodeRecord] = None
 
     def run(self) -> TrainSummary:
@@ -106,71 +170,117 @@ class Trainer:
             self._checkpoint()
         return TrainSummary(episodes=self.episodes, env_steps=self.agent.env_steps, updates=self.agent.updates,
                             wall_time=time.monotonic() - start, stopped_early=stopped,
-                            new_env_steps=self.agent.env_steps - start_steps)
+                            new_env_steps=self.agent.env_steps - start_steps, lost_episodes=self.lost_episodes)
+
+    # -- episodes -------------------------------------------------------------------------------------------------
+    def _lose(self, slot: _Slot, exc: Exception) -> None:
+        if slot.obs is not None and slot.length:
+            self.lost_episodes += 1
+        self.lost_envs.add(slot.index)
+        if slot.lost_since is None:
+            slot.lost_since = time.monotonic()
+            self.log("env %d unavailable (%s); %s" % (slot.index, exc, "its episode is abandoned, retrying"
+                                                       if self.config.reconnect_timeout_s > 0 else "giving up"))
+        slot.obs = None
+        slot.next_retry = time.monotonic() + self.RETRY_INTERVAL_S
+        if time.monotonic() - slot.lost_since > self.config.reconnect_timeout_s:
+            raise exc
+
+    def _reset(self, slot: _Slot, seed: Optional[int]) -> None:
+        try:
+            obs, _ = slot.env.reset(seed=seed)
+        except EnvUnavailable as exc:
+            if self.should_stop():
+                return
+            self._lose(slot, exc)
+            return
+        if slot.lost_since is not None:
+            self.log("env %d is back after %.1f s" % (slot.index, time.monotonic() - slot.lost_since))
+            slot.lost_since = None
+        self.lost_envs.discard(slot.index)
+        slot.start_episode(obs)
+
+    def _finish(self, slot: _Slot, terminated: bool) -> None:
+        agent = self.agent
+        wall = max(time.monotonic() - slot.started, 1e-9)
+        self.episodes += 1
+        record = EpisodeRecord(
+            episode=self.episodes, episode_return=slot.ep_return, length=slot.length,
+            distance=float(slot.info.get("distance", math.nan)), fell=bool(terminated), wall_time=wall,
+            env_steps_per_s=slot.length / wall, total_env_steps=agent.env_steps, total_updates=agent.updates,
+            reward_terms=slot.terms,
+            losses={k: slot.loss_sums[k] / slot.loss_counts[k] for k in slot.loss_sums}, actor=slot.index)
+        self.last_record = record
+        for hook in self.on_episode:
+            hook(record)
 
     def _loop(self) -> bool:
         cfg = self.config
         agent = self.agent
-        stopped = False
         seed: Optional[int] = cfg.seed if agent.env_steps == 0 else None
         last_ckpt = agent.env_steps
+        slots = [_Slot(env, i) for i, env in enumerate(self.envs)]
+        for slot in slots:
+            self._reset(slot, None if seed is None else seed + slot.index)
         while agent.env_steps < cfg.total_steps:
-            obs, _ = self.env.reset(seed=seed)
-            seed = None
-            ep_start = time.monotonic()
-            ep_return, length = 0.0, 0
-            terms: Dict[str, float] = {}
-            loss_sums: Dict[str, float] = {}
-            loss_counts: Dict[str, int] = {}
-            info: Dict[str, Any] = {}
-            terminated = truncated = False
-            while not (terminated or truncated):
-                if self.should_stop():
-                    stopped = True
-                    break
+            if self.should_stop():
+                return True
+            if self.paused.is_set():
+                time.sleep(0.02)
+                continue
+            running = [s for s in slots if s.obs is not None]
+            now = time.monotonic()
+            for slot in slots:   # lost envs: retry now and then, or at once when nothing else runs
+                if slot.obs is None and (not running or now >= slot.next_retry):
+                    self._reset(slot, None)
+            running = [s for s in slots if s.obs is not None]
+            if not running:
+                time.sleep(0.05)
+                continue
+            for slot in running:
                 with self.lock:
-                    action = agent.act(obs, explore=True)
+                    action = agent.act(slot.obs, explore=True)
                 try:
-                    next_obs, reward, terminated, truncated, info = self.env.step(action)
-                except Exception:
+                    slot.send(action)
+                except EnvUnavailable as exc:
+                    self._lose(slot, exc)
+            for slot in running:
+                if slot.obs is None:
+                    continue
+                try:
+                    next_obs, reward, terminated, truncated, info = slot.receive()
+                except Exception as exc:
                     if self.should_stop():   # the env's wait was cut short by a shutdown: not an error
-                        stopped = True
-                        break
+                        return True
+                    if isinstance(exc, EnvUnavailable):
+                        self._lose(slot, exc)
+                        continue
                     raise
                 with self.lock:
-                    agent.observe(obs, action, float(reward), next_obs, bool(terminated), bool(truncated))
+                    agent.observe(slot.obs, slot.action, float(reward), next_obs, bool(terminated), bool(truncated))
                     for _ in range(agent.updates_due()):
                         for key, value in agent.update().items():
-                            loss_sums[key] = loss_sums.get(key, 0.0) + value
-                            loss_counts[key] = loss_counts.get(key, 0) + 1
-                obs = next_obs
-                ep_return += float(reward)
-                length += 1
+                            slot.loss_sums[key] = slot.loss_sums.get(key, 0.0) + value
+                            slot.loss_counts[key] = slot.loss_counts.get(key, 0) + 1
+                slot.obs = next_obs
+                slot.info = info
+                slot.ep_return += float(reward)
+                slot.length += 1
                 for key, value in info.get("reward_terms", {}).items():
-                    terms[key] = terms.get(key, 0.0) + float(value)
+                    slot.terms[key] = slot.terms.get(key, 0.0) + float(value)
                 if self.on_step is not None:
                     self.on_step(self)
                 if (cfg.checkpoint_every and self.checkpoint is not None
                         and agent.env_steps - last_ckpt >= cfg.checkpoint_every):
                     last_ckpt = agent.env_steps
                     self._checkpoint()
+                if terminated or truncated:
+                    self._finish(slot, bool(terminated))
+                    if agent.env_steps < cfg.total_steps:
+                        self._reset(slot, None)
                 if agent.env_steps >= cfg.total_steps:
                     break
-            if length and (terminated or truncated):
-                wall = max(time.monotonic() - ep_start, 1e-9)
-                self.episodes += 1
-                record = EpisodeRecord(
-                    episode=self.episodes, episode_return=ep_return, length=length,
-                    distance=float(info.get("distance", math.nan)), fell=bool(terminated), wall_time=wall,
-                    env_steps_per_s=length / wall, total_env_steps=agent.env_steps, total_updates=agent.updates,
-                    reward_terms=terms,
-                    losses={k: loss_sums[k] / loss_counts[k] for k in loss_sums})
-                self.last_record = record
-                for hook in self.on_episode:
-                    hook(record)
-            if stopped:
-                break
-        return stopped
+        return False
 
     def _checkpoint(self) -> None:
         with self.lock:

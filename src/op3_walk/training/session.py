@@ -118,7 +118,20 @@ class TimedEnv:
             self.steps += 1
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("step_async", "step_wait") and hasattr(self.env, name):
+            return getattr(self, "_timed_" + name)
         return getattr(self.env, name)
+
+    def _timed_step_async(self, action: Any) -> None:
+        self._sent = time.perf_counter()
+        self.env.step_async(action)
+
+    def _timed_step_wait(self) -> Any:
+        try:
+            return self.env.step_wait()
+        finally:
+            self.step_time += time.perf_counter() - self._sent
+            self.steps += 1
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -161,7 +174,7 @@ def truncate_csv(path: str, episodes: int) -> int:
 
 
 class TrainingSession:
-    """Train ``agent`` on ``env`` and keep everything in ``out_dir``.
+    """Train ``agent`` on ``env`` (or a list of envs: several actors) and keep everything in ``out_dir``.
 
     ``out_dir`` receives ``episodes.csv`` (one row per episode, flushed), ``tb/`` (TensorBoard scalars, when
     ``tensorboard``), ``checkpoint.pt`` (atomic, periodic and final) and ``learning_curve.png`` (at the end).
@@ -213,14 +226,16 @@ class TrainingSession:
             from tqdm import tqdm
             self._bar = tqdm(total=config.total_steps, initial=agent.env_steps, unit="step", dynamic_ncols=True,
                              file=sys.stdout, mininterval=0.5, smoothing=0.05)
-        self.timed_env = TimedEnv(env)
+        envs = list(env) if isinstance(env, (list, tuple)) else [env]
+        self.timed_envs = [TimedEnv(e) for e in envs]
+        self.timed_env = self.timed_envs[0]
         self._last_updates = agent.updates
         self.last_timing: Dict[str, float] = {}
-        self.trainer = Trainer(agent, self.timed_env, config,
+        self.trainer = Trainer(agent, self.timed_envs if len(envs) > 1 else self.timed_env, config,
                                on_episode=[self._on_episode] + list(on_episode or []),
                                checkpoint=lambda trainer: self.save(), should_stop=should_stop,
                                on_step=self._tick if self._bar is not None else None,
-                               episodes_done=episodes_done)
+                               episodes_done=episodes_done, log=self.log)
 
     def log(self, message: str) -> None:
         if self._log_fn is not None:
@@ -236,7 +251,7 @@ class TrainingSession:
     def timing(self, record: EpisodeRecord) -> Dict[str, float]:
         """Speeds of the episode just ended, measured apart: env-only steps/s (time inside ``env.step``) and
         learner updates/s (gradient updates over the rest of the episode's wall time: acting, storing, updating)."""
-        env_time = self.timed_env.step_time
+        env_time = self.timed_envs[record.actor].step_time
         updates = record.total_updates - self._last_updates
         self._last_updates = record.total_updates
         learner_time = record.wall_time - env_time
