@@ -97,7 +97,8 @@ class RosWalkEnv(gymnasium.Env):
         for attempt in range(2):
             try:
                 return self._reset_proxy(seed=seed)
-            except (rospy.ServiceException, rospy.ROSInterruptException, OSError) as exc:
+            except (rospy.ServiceException, rospy.ROSInterruptException, OSError, AttributeError) as exc:
+                # (rospy raises AttributeError from a persistent proxy whose connection was closed under it)
                 if attempt == 1 or self.should_stop():
                     raise ControllerUnavailable("reset service %s failed: %s" % (self._reset_name, exc))
                 # A persistent proxy dies with its connection (controller restarted): reconnect once.
