@@ -21,7 +21,7 @@ BIPEDAL_STEPS ?= 1000000
 BIPEDAL_SEEDS ?= 0
 BIPEDAL_ARGS ?= --no-sb3
 
-.PHONY: help setup demo test test-unit test-integration urdf clean distclean bench-setup bench-agents bench-bipedal
+.PHONY: help setup demo test test-unit test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros
 
 help:
 	@echo "make demo              short headless TD3 training through ROS on PyBullet (DEMO_STEPS=$(DEMO_STEPS), DEMO_OUT=$(DEMO_OUT))"
@@ -32,6 +32,8 @@ help:
 	@echo "make urdf              regenerate urdf/*.urdf from config/robots/*.yaml"
 	@echo "make bench-agents      ours vs Stable-Baselines3: TD3/DDPG/SAC on Pendulum-v1, DQN on CartPole-v1 (~30 min;"
 	@echo "                       BENCH_ALGOS=$(BENCH_ALGOS) BENCH_SEEDS=$(BENCH_SEEDS)); writes docs/benchmarks.md"
+	@echo "make bench-ros         ROS lockstep / in-process env steps/s, round-trip latency, 1/2/4 actors (~3 min;"
+	@echo "                       BENCH_ROS_ARGS=...); writes docs/benchmarks.md"
 	@echo "make bench-bipedal     TD3 on BipedalWalker-v3, BIPEDAL_STEPS=$(BIPEDAL_STEPS) (hours; ours only unless"
 	@echo "                       BIPEDAL_ARGS= is given)"
 	@echo "make clean             remove out/; make distclean also removes .venv, .ws and stamps"
@@ -66,6 +68,9 @@ bench-setup: setup
 
 bench-agents: bench-setup
 	@$(WITH_ENV) python tools/bench_agents.py --algos $(BENCH_ALGOS) --seeds $(BENCH_SEEDS) $(BENCH_ARGS)
+
+bench-ros: setup
+	@$(WITH_ENV) python tools/bench_ros.py $(BENCH_ROS_ARGS)
 
 bench-bipedal: bench-setup
 	@$(WITH_ENV) python tools/bench_agents.py --bipedal --steps $(BIPEDAL_STEPS) --seeds $(BIPEDAL_SEEDS) $(BIPEDAL_ARGS)

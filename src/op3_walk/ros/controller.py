@@ -143,7 +143,10 @@ class ControllerNode:
         self._last_action_time = 0.0
         self._hold_targets: Optional[np.ndarray] = None
         self.watchdog_active = False
-        self.state_pub = rospy.Publisher("walker/state", WalkerState, queue_size=10, tcp_nodelay=True)
+        # Lockstep: publish synchronously in the action callback (no hand-off to a writer thread: ~2x lower round
+        # trip). Realtime: queued, so a slow subscriber can never stall the control loop.
+        self.state_pub = rospy.Publisher("walker/state", WalkerState, queue_size=None if self.mode == "lockstep"
+                                         else 10, tcp_nodelay=True)
         self.joint_pub = (rospy.Publisher("joint_states", JointState, queue_size=10, tcp_nodelay=True)
                           if params.publish_joint_states else None)
         self.imu_pub = (rospy.Publisher("imu/data", Imu, queue_size=10, tcp_nodelay=True)
@@ -380,9 +383,9 @@ class ControllerNode:
             values["control rate target [Hz]"] = "%.1f" % self.robot.control_rate_hz
         values.update(percentiles_ms("state->action latency", latencies))
         values.update(percentiles_ms("step compute", step_times))
-        overshoot = getattr(self.backend, "overshoot_stats", None)
-        if callable(overshoot):
-            values.update(overshoot())
+        bridge_stats = getattr(self.backend, "stats", None)   # the Gazebo bridge: overshoot, lag, late messages
+        if bridge_stats is not None and callable(getattr(bridge_stats, "values", None)):
+            values.update(bridge_stats.values())
         level, message = 0, "running" if values["episode running"] else "idle (waiting for walker/reset)"
         if self.watchdog_active:
             level, message = 1, "watchdog tripped: no fresh actions, robot held"

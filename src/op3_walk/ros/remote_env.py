@@ -56,7 +56,8 @@ class RosWalkEnv(gymnasium.Env):
         self._cond = threading.Condition()
         self._expect: Optional[Tuple[int, int]] = None
         self._received: Optional[WalkerState] = None
-        self._pub = rospy.Publisher(action_topic, WalkerAction, queue_size=10, tcp_nodelay=True)
+        # synchronous publish (no writer-thread hand-off): the lowest round trip, and the learner waits anyway
+        self._pub = rospy.Publisher(action_topic, WalkerAction, queue_size=None, tcp_nodelay=True)
         self._sub = rospy.Subscriber(state_topic, WalkerState, self._on_state, queue_size=10, tcp_nodelay=True)
         self._reset_name = rospy.resolve_name(reset_service)
         try:
