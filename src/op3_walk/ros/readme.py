@@ -1,0 +1,129 @@
+"""The README's tables of node parameters and launch-file arguments, generated from the code, so they cannot drift.
+
+Node parameters come from the nodes' parameter dataclasses (name, default, the ``doc()`` text with its unit);
+launch arguments from the ``<arg>`` elements of ``launch/*.launch`` (name, default, ``doc``).  The tables sit
+between ``<!-- ros-tables:begin -->`` and ``<!-- ros-tables:end -->`` in README.md.
+
+    python -m op3_walk.ros.readme --write     # regenerate
+    python -m op3_walk.ros.readme --check     # exit 1 when README.md is stale (a test runs this)
+"""
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+import xml.etree.ElementTree as ET
+from typing import Any, List, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BEGIN, END = "<!-- ros-tables:begin -->", "<!-- ros-tables:end -->"
+
+# (node, module, parameter class, nested parameter classes: field -> "module:Class")
+NODES: List[Tuple[str, str, str, dict]] = [
+    ("controller_node", "op3_walk.ros.controller", "ControllerParams",
+     {"gazebo": "op3_walk.ros.gazebo_bridge:GazeboBridgeParams"}),
+    ("learner_node", "op3_walk.ros.learner", "LearnerParams", {}),
+    ("policy_node", "op3_walk.ros.policy_node", "PolicyNodeParams", {}),
+    ("gazebo_standin", "op3_walk.ros.gazebo_standin", "GazeboStandinParams", {}),
+]
+
+
+def _cls(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _default(field: dataclasses.Field) -> str:
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = field.default_factory()  # type: ignore[misc]
+    else:
+        return "(required)"
+    if isinstance(value, bool):
+        return "`%s`" % str(value).lower()
+    if isinstance(value, str):
+        return "`\"%s\"`" % value if value == "" else "`%s`" % value
+    return "`%s`" % (value,)
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def param_rows(cls: Any, prefix: str = "~", nested: dict = None) -> List[str]:
+    rows = []
+    for field in dataclasses.fields(cls):
+        doc = field.metadata.get("doc", "") if field.metadata else ""
+        if nested and field.name in nested:
+            sub = _cls(nested[field.name])
+            rows.append("| `%s%s/...` | | %s; fields below |" % (prefix, field.name, _cell(doc)))
+            rows += param_rows(sub, "%s%s/" % (prefix, field.name))
+            continue
+        rows.append("| `%s%s` | %s | %s |" % (prefix, field.name, _default(field), _cell(doc)))
+    return rows
+
+
+def launch_rows(path: str) -> List[str]:
+    rows = []
+    for arg in ET.parse(path).getroot().iter("arg"):
+        if "value" in arg.attrib:       # a computed arg, not settable from the command line
+            continue
+        default = arg.get("default")
+        rows.append("| `%s` | %s | %s |" % (arg.get("name"), "(required)" if default is None else
+                                              "`%s`" % default if default else "`\"\"`", _cell(arg.get("doc", ""))))
+    return rows
+
+
+def tables() -> str:
+    out = ["### Node parameters (generated from the parameter classes)", "",
+           "Private parameters (`~name`); unknown ones are an error. Units are in the names or the text."]
+    for node, module, name, nested in NODES:
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        out += ["", "#### %s (`%s.%s`)" % (node, module, name), "", "| parameter | default | meaning |",
+                "|---|---|---|"] + param_rows(cls, nested=nested)
+    out += ["", "### Launch-file arguments (generated from launch/*.launch)"]
+    launch_dir = os.path.join(ROOT, "launch")
+    for name in sorted(os.listdir(launch_dir)):
+        if not name.endswith(".launch"):
+            continue
+        out += ["", "#### %s" % name, ""]
+        rows = launch_rows(os.path.join(launch_dir, name))
+        out += (["| arg | default | meaning |", "|---|---|---|"] + rows) if rows else ["(no arguments)"]
+    return "\n".join(out) + "\n"
+
+
+def render(readme: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise ValueError("README.md lacks the %s ... %s markers" % (BEGIN, END))
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return head + BEGIN + "\n" + tables() + END + tail
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write", action="store_true")
+    group.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as fh:
+        current = fh.read()
+    wanted = render(current)
+    if args.check:
+        if wanted != current:
+            print("README.md's ROS tables are stale: run python -m op3_walk.ros.readme --write", file=sys.stderr)
+            return 1
+        return 0
+    if wanted != current:
+        with open(path, "w") as fh:
+            fh.write(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
