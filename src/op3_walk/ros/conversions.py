@@ -7,7 +7,7 @@ from gymnasium import spaces
 from geometry_msgs.msg import Point, Quaternion, Vector3
 from sensor_msgs.msg import Imu, JointState
 
-from op3_walk.msg import WalkerAction, WalkerState
+from op3_walk.msg import EpisodeStats, WalkerAction, WalkerState
 
 WORLD_FRAME = "odom"
 
@@ -118,3 +118,23 @@ def action_from_message(msg: WalkerAction, action_space: Any) -> Any:
         raise ValueError("action has non-finite values at indices %s"
                          % np.flatnonzero(~np.isfinite(action)).tolist()[:10])
     return action
+
+
+def episode_stats_message(episode: int, episode_return: float, length: int, distance: float, fell: bool,
+                          wall_time: float, total_env_steps: int, total_updates: int,
+                          reward_terms: Dict[str, float], stamp: rospy.Time) -> EpisodeStats:
+    """An EpisodeStats for one finished episode; ``env_steps_per_s`` is ``length / wall_time`` (0 for no time)."""
+    msg = EpisodeStats()
+    msg.header.stamp = stamp
+    msg.episode = int(episode)
+    msg.episode_return = float(episode_return)
+    msg.length = int(length)
+    msg.distance = float(distance)
+    msg.fell = bool(fell)
+    msg.wall_time = float(wall_time)
+    msg.env_steps_per_s = float(length) / wall_time if wall_time > 0 else 0.0
+    msg.total_env_steps = int(total_env_steps)
+    msg.total_updates = int(total_updates)
+    msg.reward_term_names = list(reward_terms)
+    msg.reward_term_sums = [float(v) for v in reward_terms.values()]
+    return msg
