@@ -5,6 +5,7 @@ Each backend owns a ``BulletClient`` (several can live in one process).  ``reset
 bit-identical states.  Joints are driven by PyBullet's POSITION_CONTROL motor with the robot's kp/kd gains, torque
 limited to each joint's effort and speed limited to its velocity.
 """
+import dataclasses
 import xml.etree.ElementTree as ElementTree
 from typing import Optional, Sequence, Tuple
 
@@ -231,6 +232,50 @@ class PyBulletBackend(Backend):
                                                   nearVal=0.01, farVal=10.0)
         _, _, rgba, _, _ = c.getCameraImage(width, height, view, projection, renderer=pybullet.ER_TINY_RENDERER)
         return np.reshape(np.asarray(rgba, dtype=np.uint8), (height, width, 4))[:, :, :3].copy()
+
+    def set_pose(self, joint_positions: Sequence[float], base_position: Sequence[float],
+                 base_orientation: Sequence[float] = (0.0, 0.0, 0.0, 1.0)) -> RobotState:
+        """Place the robot in this pose, at rest, without simulating: a kinematic pose for drawing (e.g. replaying
+        a recorded episode from its states) rather than a start state.
+
+        ``base_position``/``base_orientation`` are the torso link frame in the world (what ``RobotState`` reports),
+        ``joint_positions`` rad in robot order.  Unlike :meth:`reset`, the world is kept (built on first use),
+        the time does not restart and the positions are not clamped to the limits, so a recorded state slightly
+        past a soft limit is drawn as it was; the motors' targets become the (clamped) pose, so a later
+        :meth:`step` holds it instead of springing back.  Returns the new reading: velocities zero, and no foot
+        contacts or contact forces (no solver ran: the last step's would be stale, so they read zero / NaN).
+        ValueError on a wrong size or a non-finite value, and then nothing changes.
+        """
+        self._check_open()
+        q = np.asarray(joint_positions, dtype=np.float64)
+        if q.shape != (self.robot.n_joints,):
+            raise ValueError("joint_positions must have shape (%d,), got %s" % (self.robot.n_joints, q.shape))
+        position = np.asarray(base_position, dtype=np.float64)
+        orientation = np.asarray(base_orientation, dtype=np.float64)
+        if position.shape != (3,) or orientation.shape != (4,):
+            raise ValueError("base_position needs 3 values and base_orientation 4 (x, y, z, w)")
+        norm = float(np.linalg.norm(orientation))
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(position)) and np.isfinite(norm) and norm > 0.0):
+            raise ValueError("pose must be finite with a non-zero quaternion")
+        orientation = orientation / norm
+        c = self._client
+        if self._body < 0:
+            self._build_world(position, orientation)
+        com_position, com_orientation = position.tolist(), orientation.tolist()
+        if self._com_to_link is not None:  # PyBullet places the base by its centre of mass, not the link frame
+            link_to_com = c.invertTransform(*self._com_to_link)
+            com_position, com_orientation = c.multiplyTransforms(com_position, com_orientation, *link_to_com)
+        c.resetBasePositionAndOrientation(self._body, com_position, com_orientation)
+        c.resetBaseVelocity(self._body, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+        for index, value in zip(self._joint_ids, q):
+            c.resetJointState(self._body, index, float(value), 0.0)
+        self._init_motors(np.minimum(np.maximum(q, self._lower), self._upper))
+        self._lin_vel = np.zeros(3)
+        state = self._read()
+        n_feet = len(self._foot_ids)
+        self.state = dataclasses.replace(state, foot_contacts=np.zeros(n_feet, dtype=bool),
+                                         foot_forces=np.zeros(n_feet), center_of_pressure=np.full(3, np.nan))
+        return self.state
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _init_motors(self, targets: np.ndarray) -> None:
