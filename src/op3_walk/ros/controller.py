@@ -38,7 +38,7 @@ from op3_walk.envs.walk_env import WalkEnv, load_task
 from op3_walk.msg import WalkerAction, WalkerState
 from op3_walk.robots import load_robot
 from op3_walk.ros.conversions import (action_from_message, imu_message, joint_state_message, state_message)
-from op3_walk.ros.diagnostics import DiagnosticsPublisher, percentiles_ms, status
+from op3_walk.ros.diagnostics import DiagnosticsPublisher, percentiles_ms, status, synchronous_publisher
 from op3_walk.ros.params import load_private_params, run_node
 from op3_walk.srv import ResetEpisode, ResetEpisodeResponse
 
@@ -55,7 +55,8 @@ class ControllerParams:
     robot: str = doc("robot config: a name in config/robots/ or a YAML path", "plen")
     task: str = doc("walking task config: a name in config/tasks/ or a YAML path", "walk")
     backend: str = doc("what is driven: pybullet (simulation in this process), gazebo (a Gazebo world through the "
-                       "stock op3_gazebo topics and services; see the gazebo parameters), hardware (the real robot)",
+                       "stock op3_gazebo topics and services; see the gazebo parameters), hardware (the real robot: not "
+                       "in this release, refused with a message)",
                        "pybullet")
     mode: str = doc("lockstep (one control period per action: deterministic simulation) or realtime (fixed-rate "
                     "loop, freshest action, watchdog); empty = lockstep for pybullet and gazebo, realtime for "
@@ -145,8 +146,9 @@ class ControllerNode:
         self.watchdog_active = False
         # Lockstep: publish synchronously in the action callback (no hand-off to a writer thread: ~2x lower round
         # trip). Realtime: queued, so a slow subscriber can never stall the control loop.
-        self.state_pub = rospy.Publisher("walker/state", WalkerState, queue_size=None if self.mode == "lockstep"
-                                         else 10, tcp_nodelay=True)
+        self.state_pub = (synchronous_publisher("walker/state", WalkerState, tcp_nodelay=True)
+                          if self.mode == "lockstep" else
+                          rospy.Publisher("walker/state", WalkerState, queue_size=10, tcp_nodelay=True))
         self.joint_pub = (rospy.Publisher("joint_states", JointState, queue_size=10, tcp_nodelay=True)
                           if params.publish_joint_states else None)
         self.imu_pub = (rospy.Publisher("imu/data", Imu, queue_size=10, tcp_nodelay=True)

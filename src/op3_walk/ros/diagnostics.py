@@ -32,6 +32,16 @@ def percentiles_ms(label: str, samples_s: Sequence[float]) -> Dict[str, str]:
             "%s p99 [ms]" % label: "%.3f" % float(np.percentile(values, 99))}
 
 
+def synchronous_publisher(name: str, msg_class: Any, **kwargs: Any) -> rospy.Publisher:
+    """A publisher whose ``publish`` writes to the sockets in the caller's thread (``queue_size=None``): no hand-off
+    to a writer thread, the lowest latency for lockstep exchanges.  rospy warns about ``queue_size=None`` because
+    a slow subscriber then blocks the publisher; the lockstep nodes want exactly that coupling."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return rospy.Publisher(name, msg_class, queue_size=None, **kwargs)
+
+
 class DiagnosticsPublisher:
     """Calls ``collect(window_s, memory)`` every ``1 / rate_hz`` s of wall-clock time and publishes the statuses it
     returns on ``/diagnostics``.  ``memory`` is a dict kept between calls (for rates over the window).

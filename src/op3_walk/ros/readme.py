@@ -23,7 +23,7 @@ NODES: List[Tuple[str, str, str, dict]] = [
     ("controller_node", "op3_walk.ros.controller", "ControllerParams",
      {"gazebo": "op3_walk.ros.gazebo_bridge:GazeboBridgeParams"}),
     ("learner_node", "op3_walk.ros.learner", "LearnerParams", {}),
-    ("policy_node", "op3_walk.ros.policy_node", "PolicyNodeParams", {}),
+    ("policy_node", "op3_walk.ros.policy_node", "PolicyParams", {}),
     ("gazebo_standin", "op3_walk.ros.gazebo_standin", "GazeboStandinParams", {}),
 ]
 

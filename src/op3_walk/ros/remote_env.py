@@ -20,6 +20,7 @@ import rospy
 from op3_walk.envs.walk_env import make_spaces
 from op3_walk.msg import WalkerAction, WalkerState
 from op3_walk.ros.conversions import action_message, observation_from_message
+from op3_walk.ros.diagnostics import synchronous_publisher
 from op3_walk.srv import ResetEpisode
 from op3_walk.training.loop import EnvUnavailable
 
@@ -57,7 +58,7 @@ class RosWalkEnv(gymnasium.Env):
         self._expect: Optional[Tuple[int, int]] = None
         self._received: Optional[WalkerState] = None
         # synchronous publish (no writer-thread hand-off): the lowest round trip, and the learner waits anyway
-        self._pub = rospy.Publisher(action_topic, WalkerAction, queue_size=None, tcp_nodelay=True)
+        self._pub = synchronous_publisher(action_topic, WalkerAction, tcp_nodelay=True)
         self._sub = rospy.Subscriber(state_topic, WalkerState, self._on_state, queue_size=10, tcp_nodelay=True)
         self._reset_name = rospy.resolve_name(reset_service)
         try:
