@@ -4,7 +4,6 @@ controller's freshest-action rule and watchdog."""
 import csv
 import math
 import os
-import signal
 
 import pytest
 import yaml

@@ -55,6 +55,16 @@ def test_controller_node_module_imports_no_torch_statically():
     assert not any(m.startswith(("op3_walk.agents", "op3_walk.training")) for m in seen), seen
 
 
+def test_deployment_modules_import_no_torch_statically():
+    """What runs on the robot's computer besides the controller: the policy node and the numpy runtime."""
+    for rel in (("ros", "policy_node.py"), ("policy", "runtime.py"), ("policy", "__init__.py"),
+                ("ros", "diagnostics.py"), ("ros", "gazebo_bridge.py")):
+        seen = set(imported_modules(os.path.join(SRC, *rel)))
+        assert not any(m.split(".")[0] == "torch" for m in seen), (rel, seen)
+        assert not any(m.startswith(("op3_walk.agents", "op3_walk.training", "op3_walk.policy.export"))
+                       for m in seen), (rel, seen)
+
+
 def test_scripts_are_two_line_entry_points():
     scripts = os.path.join(PACKAGE_ROOT, "scripts")
     for name in os.listdir(scripts):

@@ -122,11 +122,13 @@ def action_from_message(msg: WalkerAction, action_space: Any) -> Any:
 
 def episode_stats_message(episode: int, episode_return: float, length: int, distance: float, fell: bool,
                           wall_time: float, total_env_steps: int, total_updates: int,
-                          reward_terms: Dict[str, float], stamp: rospy.Time) -> EpisodeStats:
-    """An EpisodeStats for one finished episode; ``env_steps_per_s`` is ``length / wall_time`` (0 for no time)."""
+                          reward_terms: Dict[str, float], stamp: rospy.Time, actor: str = "") -> EpisodeStats:
+    """An EpisodeStats for one finished episode; ``env_steps_per_s`` is ``length / wall_time`` (0 for no time);
+    ``actor`` is the namespace of the controller that ran it."""
     msg = EpisodeStats()
     msg.header.stamp = stamp
     msg.episode = int(episode)
+    msg.actor = actor
     msg.episode_return = float(episode_return)
     msg.length = int(length)
     msg.distance = float(distance)

@@ -28,6 +28,7 @@ from std_srvs.srv import Trigger, TriggerResponse
 from op3_walk.config import doc
 from op3_walk.envs.walk_env import load_task
 from op3_walk.msg import EpisodeStats
+from op3_walk.ros.conversions import episode_stats_message
 from op3_walk.robots import load_robot
 from op3_walk.ros.diagnostics import DiagnosticsPublisher, status
 from op3_walk.ros.params import load_private_params, run_node
@@ -119,7 +120,6 @@ class LearnerNode:
         self.trainer = self.session.trainer
         if params.start_paused:
             self.trainer.paused.set()
-        self.started = time.monotonic()
         self.services = [
             rospy.Service("learner/save_checkpoint", SaveCheckpoint, self._on_save),
             rospy.Service("learner/pause", Trigger, self._on_pause),
@@ -152,21 +152,10 @@ class LearnerNode:
             time.sleep(0.05)
 
     def _publish_stats(self, record: EpisodeRecord) -> None:
-        msg = EpisodeStats()
-        msg.header.stamp = rospy.Time.now()
-        msg.episode = record.episode
-        msg.actor = self.namespaces[record.actor]
-        msg.episode_return = record.episode_return
-        msg.length = record.length
-        msg.distance = record.distance
-        msg.fell = record.fell
-        msg.wall_time = record.wall_time
-        msg.env_steps_per_s = record.env_steps_per_s
-        msg.total_env_steps = record.total_env_steps
-        msg.total_updates = record.total_updates
-        msg.reward_term_names = list(record.reward_terms)
-        msg.reward_term_sums = [float(v) for v in record.reward_terms.values()]
-        self.stats_pub.publish(msg)
+        self.stats_pub.publish(episode_stats_message(
+            record.episode, record.episode_return, record.length, record.distance, record.fell, record.wall_time,
+            record.total_env_steps, record.total_updates, record.reward_terms, rospy.Time.now(),
+            actor=self.namespaces[record.actor]))
 
     # -- services -----------------------------------------------------------------------------------------------
     def _on_save(self, req) -> SaveCheckpointResponse:
