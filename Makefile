@@ -21,12 +21,13 @@ BIPEDAL_STEPS ?= 1000000
 BIPEDAL_SEEDS ?= 0
 BIPEDAL_ARGS ?= --no-sb3
 
-.PHONY: help setup demo test test-unit test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros
+.PHONY: help setup demo test test-unit test-hardware test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros
 
 help:
 	@echo "make demo              short headless TD3 training through ROS on PyBullet (DEMO_STEPS=$(DEMO_STEPS), DEMO_OUT=$(DEMO_OUT))"
 	@echo "make test              unit + integration tests"
 	@echo "make test-unit         tests/unit only (no ROS master)"
+	@echo "make test-hardware     tests/hardware only (real Adafruit drivers on the simulated I2C bus)"
 	@echo "make test-integration  tests/integration only (starts its own roscore)"
 	@echo "make setup             install ROS1 / venv / Python deps and build the catkin workspace (idempotent)"
 	@echo "make urdf              regenerate urdf/*.urdf from config/robots/*.yaml"
@@ -45,10 +46,13 @@ demo: setup
 	@$(WITH_ENV) bash tools/demo.sh --steps $(DEMO_STEPS) --out $(DEMO_OUT)
 
 test: setup
-	@$(WITH_ENV) python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+	@$(WITH_ENV) python -m pytest tests/unit tests/hardware tests/integration $(PYTEST_ARGS)
 
 test-unit: setup
 	@$(WITH_ENV) python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-hardware: setup
+	@$(WITH_ENV) python -m pytest tests/hardware $(PYTEST_ARGS)
 
 test-integration: setup
 	@$(WITH_ENV) python -m pytest tests/integration $(PYTEST_ARGS)
