@@ -163,7 +163,8 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
                 marks["learn_start"], marks["learn_start_steps"] = time.perf_counter(), trainer.agent.env_steps
                 marks["learn_start_cpu"] = time.process_time()
 
-        trainer = Trainer(agent, env, TrainConfig(total_steps=args.steps, seed=args.seed, checkpoint_every=0),
+        trainer = Trainer(agent, env, TrainConfig(total_steps=args.steps, seed=args.seed, checkpoint_every=0,
+                                                   overlap_updates=False),
                           on_episode=[log], on_step=on_step)
         start, start_cpu = time.perf_counter(), time.process_time()
         summary = trainer.run()

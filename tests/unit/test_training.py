@@ -70,6 +70,59 @@ def test_budget_truncation_and_periodic_checkpoints():
     assert not np.any(agent.memory.terminated[:len(agent.memory)])
 
 
+class AsyncToyEnv(ToyEnv):
+    """ToyEnv with the remote env's step_async/step_wait split; logs every call with the agent's update count."""
+
+    def __init__(self, log, agent_ref, **kwargs):
+        super().__init__(**kwargs)
+        self.log, self.agent_ref = log, agent_ref
+
+    def step_async(self, action):
+        self.log.append(("send", self.agent_ref[0].updates))
+        self._pending = action
+
+    def step_wait(self):
+        self.log.append(("wait", self.agent_ref[0].updates))
+        return ToyEnv.step(self, self._pending)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_update_overlap_trains_while_the_env_steps_and_keeps_counts_and_checkpoints(overlap):
+    log, agent_ref, ckpt_pending = [], [small_agent()], []
+    env = AsyncToyEnv(log, agent_ref, horizon=7)
+    agent = agent_ref[0]
+
+    def checkpoint(trainer):
+        ckpt_pending.append((trainer.agent.env_steps, len(trainer._pending)))
+
+    summary = Trainer(agent, env, TrainConfig(total_steps=60, checkpoint_every=25, overlap_updates=overlap),
+                      checkpoint=checkpoint).run()
+    # TD3 here: one update per step from learning_starts (20) on, whichever the order: 41 in all
+    assert summary.updates == agent.updates == 60 - 20 + 1
+    sends = [n for kind, n in log if kind == "send"]
+    waits = [n for kind, n in log if kind == "wait"]
+    grew = sum(1 for s, w in zip(sends, waits) if w > s)   # updates ran between sending an action and its result
+    if overlap:
+        assert grew > 20
+    else:
+        assert grew == 0
+    assert ckpt_pending and all(pending == 0 for _, pending in ckpt_pending)   # checkpoints see every update
+
+
+def test_update_overlap_is_deterministic_and_only_reorders():
+    def run(overlap, seed=3):
+        agent = small_agent(seed)
+        Trainer(agent, ToyEnv(horizon=9), TrainConfig(total_steps=80, seed=seed, overlap_updates=overlap)).run()
+        return agent
+
+    a, b, strict = run(True), run(True), run(False)
+    assert a.updates == b.updates == strict.updates
+    for pa, pb in zip(a.actor.parameters(), b.actor.parameters()):
+        assert np.array_equal(pa.detach().numpy(), pb.detach().numpy())
+    assert any(not np.array_equal(pa.detach().numpy(), ps.detach().numpy())
+               for pa, ps in zip(a.actor.parameters(), strict.actor.parameters()))
+
+
 def test_termination_reaches_the_replay_memory():
     env, agent = ToyEnv(horizon=50, terminate_at=4), small_agent()
     records = []

@@ -63,6 +63,8 @@ class LearnerParams:
     connect_timeout: float = doc("s to wait for the controllers to appear at start-up", 60.0)
     reconnect_timeout: float = doc("s to keep waiting for a lost controller (restarting) before giving up", 60.0)
     start_paused: bool = doc("start paused (call learner/resume to begin)", False)
+    overlap_updates: bool = doc("train on step t while the controller computes step t+1 (the policy acts one "
+                                "step's updates behind); false = strict act, step, update order", True)
     progress: bool = doc("show a progress bar on the console", True)
     tensorboard: bool = doc("write TensorBoard scalars to out_dir/tb", True)
     wait_for_recorder: bool = doc("wait (up to connect_timeout) for a recorder subscribed to walker/action and "
@@ -113,7 +115,7 @@ class LearnerNode:
         self.session = TrainingSession(
             agent, self.envs if len(self.envs) > 1 else env0,
             TrainConfig(total_steps=params.steps, seed=params.seed, checkpoint_every=params.checkpoint_every,
-                        reconnect_timeout_s=params.reconnect_timeout),
+                        reconnect_timeout_s=params.reconnect_timeout, overlap_updates=params.overlap_updates),
             out_dir, meta={"robot": robot.name, "task": params.task}, resume=resume,
             on_episode=[self._publish_stats], should_stop=rospy.is_shutdown, progress=params.progress,
             tensorboard=params.tensorboard, log=self._log)

@@ -66,6 +66,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="out/train", help="folder for CSV, TensorBoard, checkpoint and curve")
     parser.add_argument("--checkpoint-every", type=int, default=5000, help="env steps between checkpoints (0: end)")
+    parser.add_argument("--no-overlap", action="store_true",
+                        help="act, step, observe, update in strict order (default: the updates of step t run after "
+                             "the action of step t+1 is sent, as the ROS learner does; same results either way)")
     parser.add_argument("--resume", default="", help="checkpoint to resume from (same env or robot/task, algo)")
     parser.add_argument("--tensorboard", dest="tensorboard", action="store_true",
                         help="write TensorBoard scalars to <out-dir>/tb (the default)")
@@ -107,7 +110,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # a missing, corrupt or unfitting file is refused before any output is written
         transitions = check_fit(agent, load_transitions(args.prefill), expect=meta) if args.prefill else None
         session = TrainingSession(agent, env, TrainConfig(total_steps=args.steps, seed=args.seed,
-                                                          checkpoint_every=args.checkpoint_every),
+                                                          checkpoint_every=args.checkpoint_every,
+                                                          overlap_updates=not args.no_overlap),
                                   args.out_dir, meta=meta, resume=args.resume, progress=not args.no_progress,
                                   tensorboard=args.tensorboard, should_stop=stop)
         if transitions is not None:   # after --resume: a resumed replay memory is extended, not replaced

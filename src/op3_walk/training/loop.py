@@ -36,6 +36,11 @@ class TrainConfig:
     checkpoint_every: int = doc("env steps between periodic checkpoints; 0 = only at the end", 5000)
     reconnect_timeout_s: float = doc("s to keep trying to reset an env that became unavailable (a controller being "
                                      "restarted) before the run fails; 0 = fail at once", 0.0)
+    overlap_updates: bool = doc("run the gradient updates due for step t after sending the action of step t+1, so a "
+                                "remote env (a ROS controller in another process) steps while the learner trains; "
+                                "the policy then acts one step's updates behind. The same order is used in-process, "
+                                "so a seeded run gives the same result either way. false = act, step, observe, "
+                                "update in strict sequence", True)
 
     def validate(self) -> None:
         if self.total_steps < 1:
@@ -122,7 +127,11 @@ class Trainer:
 
     With several envs, every round acts on each running env's observation (in env order), sends all actions, then
     collects the results in env order, storing and updating after each one: envs with ``step_async``/``step_wait``
-    (the ROS env) step concurrently.  With one env, the calls are exactly act, step, observe, update.
+    (the ROS env) step concurrently.  With one env and ``overlap_updates`` off, the calls are exactly act, step,
+    observe, update; with it on (the default) the updates due after step t run once the actions of step t+1 are sent
+    (act t+1, send, update for t, receive t+1, observe t+1, ...), so the ROS controller's physics runs in parallel
+    with the learner's gradient steps.  Pending updates are run before an episode's record is made, before every
+    checkpoint and when the run ends, so counts and checkpoints are the same as without overlap.
     An env raising :class:`EnvUnavailable` loses its episode; it is reset again (retried every few seconds, or
     blocking when no other env is running) for up to ``config.reconnect_timeout_s``.
     """
@@ -152,6 +161,7 @@ class Trainer:
         self.lock = threading.RLock()
         self.paused = threading.Event()
         self.last_record: Optional[EpisodeRecord] = None
+        self._pending: List[_Slot] = []   # one entry per gradient update due but not yet run (overlap_updates)
 
     def run(self) -> TrainSummary:
         """Train; a final checkpoint is written however the run ends (budget, stop request or error)."""
@@ -159,6 +169,8 @@ class Trainer:
         start_steps = self.agent.env_steps
         try:
             stopped = self._loop()
+            with self.lock:
+                self._run_pending()
         except BaseException:
             if self.checkpoint is not None:
                 try:
@@ -200,8 +212,18 @@ class Trainer:
         self.lost_envs.discard(slot.index)
         slot.start_episode(obs)
 
+    def _run_pending(self) -> None:
+        """Run the gradient updates owed to earlier steps (call with ``self.lock`` held)."""
+        pending, self._pending = self._pending, []
+        for slot in pending:
+            for key, value in self.agent.update().items():
+                slot.loss_sums[key] = slot.loss_sums.get(key, 0.0) + value
+                slot.loss_counts[key] = slot.loss_counts.get(key, 0) + 1
+
     def _finish(self, slot: _Slot, terminated: bool) -> None:
         agent = self.agent
+        with self.lock:
+            self._run_pending()
         wall = max(time.monotonic() - slot.started, 1e-9)
         self.episodes += 1
         record = EpisodeRecord(
@@ -244,6 +266,8 @@ class Trainer:
                     slot.send(action)
                 except EnvUnavailable as exc:
                     self._lose(slot, exc)
+            with self.lock:   # overlap_updates: the sent envs step while the learner trains on the last steps
+                self._run_pending()
             for slot in running:
                 if slot.obs is None:
                     continue
@@ -258,10 +282,9 @@ class Trainer:
                     raise
                 with self.lock:
                     agent.observe(slot.obs, slot.action, float(reward), next_obs, bool(terminated), bool(truncated))
-                    for _ in range(agent.updates_due()):
-                        for key, value in agent.update().items():
-                            slot.loss_sums[key] = slot.loss_sums.get(key, 0.0) + value
-                            slot.loss_counts[key] = slot.loss_counts.get(key, 0) + 1
+                    self._pending.extend([slot] * agent.updates_due())
+                    if not cfg.overlap_updates:
+                        self._run_pending()
                 slot.obs = next_obs
                 slot.info = info
                 slot.ep_return += float(reward)
@@ -284,6 +307,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         with self.lock:
+            self._run_pending()
             self.checkpoint(self)
 
 
