@@ -135,6 +135,10 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release resources; calling it again does nothing."""
 
+    def relax(self) -> None:
+        """Make every joint limp (torque off); the next ``apply`` powers them again."""
+        raise NotImplementedError("%s cannot relax its joints" % type(self).__name__)
+
     def set_dynamics(self, ground_friction: Optional[float] = None, mass_scales: Optional[Sequence[float]] = None,
                      kp_scales: Optional[Sequence[float]] = None) -> None:
         """Change the simulated physics (domain randomisation); ``None`` restores the model's value.
