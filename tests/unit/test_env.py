@@ -251,6 +251,6 @@ def test_rgb_array_render():
         e.reset(seed=0)
         frame = e.render()
         assert frame.shape == (240, 320, 3) and frame.dtype == np.uint8
-        assert e.metadata["render_fps"] == 60
+        assert e.metadata["render_fps"] == 50
     finally:
         e.close()

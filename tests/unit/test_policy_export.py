@@ -54,7 +54,7 @@ def test_exported_policy_acts_like_the_agent(tmp_path, algo):
     assert policy.algo == algo and policy.robot == "plen" and policy.task == TASK_OF[algo]
     assert policy.env_steps == agent.env_steps and policy.source_checkpoint == os.path.abspath(ckpt)
     assert policy.layer_sizes == [iface.obs_dim, 16, 8, iface.action_size]
-    assert policy.control_rate_hz == 60.0 and not policy.normalizes_observations
+    assert policy.control_rate_hz == 50.0 and not policy.normalizes_observations
     assert policy.discrete == (algo == "dqn")
     assert policy.meta["updates"] == agent.updates and len(policy.meta["source_sha256"]) == 64
     policy.check_compatible("plen", TASK_OF[algo])

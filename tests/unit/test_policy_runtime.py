@@ -62,7 +62,7 @@ def test_continuous_policy_acts_like_the_documented_maths(tmp_path, plen_walk):
     arrays = hand_made(plen_walk)
     policy = NumpyPolicy(save(tmp_path, arrays))
     assert policy.obs_dim == 62 and policy.action_size == 18 and not policy.discrete
-    assert policy.layer_sizes == [62, 8, 5, 18] and policy.control_rate_hz == 60.0
+    assert policy.layer_sizes == [62, 8, 5, 18] and policy.control_rate_hz == 50.0
     assert policy.observation_layout[0] == ("joint_positions", 18) and policy.env_steps == 1234
     rng = np.random.default_rng(1)
     for _ in range(20):
@@ -215,8 +215,8 @@ def test_compatibility_with_robot_and_task(tmp_path, plen_walk, monkeypatch):
     with pytest.raises(PolicyMismatchError, match="gymnasium env 'Pendulum-v1'"):
         gym.check_compatible("plen", "walk")
 
-    other_rate = NumpyPolicy(save(tmp_path, hand_made(plen_walk, control_rate_hz=50.0), "rate.npz"))
-    with pytest.raises(PolicyMismatchError, match="control rate differs: policy 50 Hz, expected 60 Hz"):
+    other_rate = NumpyPolicy(save(tmp_path, hand_made(plen_walk, control_rate_hz=60.0), "rate.npz"))
+    with pytest.raises(PolicyMismatchError, match="control rate differs: policy 60 Hz, expected 50 Hz"):
         other_rate.check_compatible("plen", "walk")
 
 

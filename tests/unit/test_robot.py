@@ -111,7 +111,7 @@ def test_plen_config(plen):
     assert plen.joint_names == tuple(["l_" + j for j in LEG] + ["r_" + j for j in LEG] +
                                      ["l_" + j for j in ARM] + ["r_" + j for j in ARM])
     assert plen.foot_links == ["l_foot", "r_foot"]
-    assert plen.substeps == 4 and plen.control_period_s == pytest.approx(1.0 / 60.0)
+    assert plen.substeps == 5 and plen.control_period_s == pytest.approx(1.0 / 50.0)
     assert np.all(plen.lower <= plen.stance) and np.all(plen.stance <= plen.upper)
     assert plen.stance.dtype == np.float64 and plen.lower.shape == (18,)
     a = plen.stance[plen.joint_names.index("l_hip_pitch")]
@@ -157,7 +157,7 @@ def test_every_yaml_line_is_commented(name):
     (lambda d: d.update(colour="red"), "unknown key"),
     (lambda d: d["joints"][0].update(torque=1.0), "unknown key"),
     (lambda d: d["joints"][3].update(stance=0.5), "outside limits"),
-    (lambda d: d.update(physics_rate_hz=250), "integer multiple"),
+    (lambda d: d.update(physics_rate_hz=260), "integer multiple"),
     (lambda d: d["joints"][1].update(name="l_hip_yaw"), "duplicate"),
     (lambda d: d.pop("spawn_height"), "missing"),
 ])
