@@ -8,7 +8,7 @@ def test_readme_ros_tables_are_current():
 
 def test_every_node_and_launch_file_is_in_the_tables():
     text = readme.tables()
-    for node in ("controller_node", "learner_node", "policy_node", "gazebo_standin"):
+    for node in ("controller_node", "learner_node", "policy_node", "gazebo_standin", "op3_standin"):
         assert "#### %s" % node in text
-    for launch in ("train", "deploy", "actors", "record", "replay", "view", "gazebo_standin"):
+    for launch in ("train", "deploy", "actors", "record", "replay", "view", "gazebo_standin", "op3_standin"):
         assert "#### %s.launch" % launch in text

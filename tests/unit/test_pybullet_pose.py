@@ -108,3 +108,28 @@ def test_closed_backend_is_an_error(robot):
     b.close()
     with pytest.raises(RuntimeError, match="closed"):
         b.set_pose(robot.stance, (0.0, 0.0, 0.4))
+
+
+def test_relax_lets_joints_go_limp_and_apply_powers_them_again():
+    from op3_walk.backends.pybullet_backend import PyBulletBackend
+    from op3_walk.robots import load_robot
+    robot = load_robot("plen")
+    heights = {}
+    for limp in (False, True):
+        with PyBulletBackend(robot) as backend:
+            backend.reset(robot.stance, (0.0, 0.0, robot.spawn_height))   # standing: the legs carry the weight
+            if limp:
+                backend.relax()
+            for _ in range(50):
+                state = backend.step()
+            heights[limp] = state.base_position[2]
+            if limp:
+                slumped = np.abs(state.joint_positions - robot.stance).max()
+                backend.apply(robot.stance)           # powered again: every joint drives back to its target
+                for _ in range(50):
+                    state = backend.step()
+                assert np.abs(state.joint_positions - robot.stance).max() < 0.5 * slumped
+                with pytest.raises(ValueError, match="mask of 18"):
+                    backend.relax([True, False])
+    assert heights[False] > 0.9 * robot.spawn_height      # powered: still standing
+    assert heights[True] < 0.8 * heights[False]           # limp: collapsed

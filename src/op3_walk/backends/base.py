@@ -37,6 +37,25 @@ def quat_to_matrix(q: Sequence[float]) -> np.ndarray:
     ])
 
 
+def matrix_to_quaternion(m: np.ndarray) -> np.ndarray:
+    """Quaternion (x, y, z, w), w >= 0, of rotation matrix ``m`` (Shepperd's method: stable for every rotation)."""
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0.0:
+        s = 2.0 * math.sqrt(1.0 + trace)
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
+    q = np.array(q)
+    return q if q[3] >= 0.0 else -q
+
+
 def clamp_targets(joint_targets: Sequence[float], lower: np.ndarray, upper: np.ndarray,
                   joint_names: Sequence[str]) -> np.ndarray:
     """``joint_targets`` as float64 clamped to [lower, upper]; ValueError on a wrong size or a non-finite value."""

@@ -43,6 +43,7 @@ class PyBulletBackend(Backend):
         self._substeps = robot.substeps
         self._period = robot.control_period_s
         self._body = -1
+        self._limp = False
         self._ground = -1
         self._joint_ids = []  # PyBullet joint index of each robot joint
         self._foot_ids = []   # PyBullet link index of each foot link
@@ -154,6 +155,7 @@ class PyBulletBackend(Backend):
         for index, position in zip(self._joint_ids, q):
             self._client.resetJointState(self._body, index, float(position), 0.0)
         self._init_motors(q)
+        self._limp = False
         self._push_substeps = 0
         self._steps = 0
         self._lin_vel = np.zeros(3)
@@ -162,7 +164,29 @@ class PyBulletBackend(Backend):
 
     def apply(self, joint_targets: np.ndarray) -> None:
         self._check_open()
-        self._send(clamp_targets(joint_targets, self._lower, self._upper, self._names))
+        targets = clamp_targets(joint_targets, self._lower, self._upper, self._names)
+        if self._limp:   # after relax(): every motor back to position control, speed limit included
+            self._limp = False
+            self._init_motors(targets)
+        else:
+            self._send(targets)
+
+    def relax(self, joints: Optional[Sequence[bool]] = None, friction_torque: float = 0.0) -> None:
+        """Torque off: the joints (all, or those where the mask ``joints`` is true) lose position control and keep
+        only ``friction_torque`` (N·m) of resistance, like a servo with its power cut; the next ``apply`` powers
+        every joint again."""
+        self._check_open()
+        if self._body < 0:
+            raise RuntimeError("call reset() before relax()")
+        mask = np.ones(self.robot.n_joints, dtype=bool) if joints is None else np.asarray(joints, dtype=bool)
+        if mask.shape != (self.robot.n_joints,):
+            raise ValueError("joints must be a mask of %d values, got shape %s" % (self.robot.n_joints, mask.shape))
+        if not (np.isfinite(friction_torque) and friction_torque >= 0.0):
+            raise ValueError("friction_torque must be finite and >= 0, got %r" % friction_torque)
+        for i in np.flatnonzero(mask):
+            self._client.setJointMotorControl2(self._body, self._joint_ids[i], pybullet.VELOCITY_CONTROL,
+                                               targetVelocity=0.0, force=float(friction_torque))
+        self._limp = bool(mask.any())
 
     def step(self) -> RobotState:
         self._check_open()

@@ -16,12 +16,22 @@ Two modes:
 Episodes start through the ``walker/reset`` service.  Never imports torch: this node is what runs on a robot's
 small computer.
 
+``backend: hardware`` drives the real robot named by ``robot``: PLEN through its PCA9685 / ADS1115 / BNO055 chips
+(``op3_walk.backends.plen_hardware``; ``hardware/i2c: sim`` puts a simulated PLEN on a simulated I2C bus behind the
+real drivers, for a desk dry run), the OP3 through the ROBOTIS framework topics (``op3_walk.ros.op3_bridge``).
+Either way the backend is wrapped in the safety layer (``op3_walk.hardware.safety.SafeBackend``: joint-limit clamp,
+slew limit, watchdog, latched e-stop, fall detection, safe start and shutdown, shadow mode), whose interventions are
+logged, counted on /diagnostics, and controlled through the safety/* topic and services below.
+
 Topics (relative, so the node can live in a namespace):
   publishes  walker/state (op3_walk/WalkerState), joint_states (sensor_msgs/JointState),
              imu/data (sensor_msgs/Imu, frame = the robot's torso link), /diagnostics (diagnostic_msgs),
              /tf (odom -> torso link, when publish_tf)
   subscribes walker/action (op3_walk/WalkerAction)
+             safety/estop (std_msgs/Bool; hardware: true latches the e-stop, false does nothing)
   services   walker/reset (op3_walk/ResetEpisode)
+             safety/trigger_estop, safety/reset_estop (std_srvs/Trigger; hardware only: the e-stop stays latched
+             until reset_estop succeeds, which it refuses while the robot is not upright)
 """
 import collections
 import dataclasses
@@ -32,6 +42,8 @@ from typing import Any, Deque, Dict, List, Optional
 import numpy as np
 import rospy
 from sensor_msgs.msg import Imu, JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger, TriggerResponse
 
 from op3_walk.config import ConfigError, doc, from_dict
 from op3_walk.envs.walk_env import WalkEnv, load_task
@@ -45,6 +57,29 @@ from op3_walk.srv import ResetEpisode, ResetEpisodeResponse
 BACKENDS = ("pybullet", "gazebo", "hardware")
 MODES = ("lockstep", "realtime")
 WATCHDOG_ACTIONS = ("hold", "stance")
+I2C_BUSES = ("board", "sim")
+SAFETY_POLL_S = 0.05    # s between the supervisor's safety-layer watchdog checks (catches a stalled control loop)
+
+
+@dataclasses.dataclass
+class HardwareParams:
+    """controller_node ``hardware`` parameters (backend hardware)."""
+
+    plen_config: str = doc("PLEN: chip map and calibration (PlenHardwareConfig): a name in config/hardware/ or a "
+                           "YAML path", "plen")
+    i2c: str = doc("PLEN: the I2C bus. board = the Raspberry Pi's bus through Adafruit Blinka (board.I2C()); "
+                   "sim = op3_walk.hardware.simbus: the real drivers on a register-level simulated bus with a "
+                   "simulated PLEN behind it (a desk dry run of the whole stack, NOT the robot)", "board")
+    safety_config: str = doc("safety layer settings (SafetyConfig, per robot): a path relative to config/ or "
+                             "absolute", "hardware/safety.yaml")
+    safety: Dict[str, Any] = doc("overrides of the robot's SafetyConfig keys, e.g. {start_ramp_s: 3.0}",
+                                 default_factory=dict)
+    op3_framework: Dict[str, Any] = doc("OP3: ROBOTIS framework bridge settings (Op3FrameworkParams: topics, "
+                                        "control mode, timeouts)", default_factory=dict)
+
+    def validate(self) -> None:
+        if self.i2c not in I2C_BUSES:
+            raise ValueError("i2c must be board or sim, got %r" % self.i2c)
 LATENCY_WINDOW = 2000   # state->action latencies (and step times) kept for the diagnostics percentiles
 
 
@@ -55,8 +90,8 @@ class ControllerParams:
     robot: str = doc("robot config: a name in config/robots/ or a YAML path", "plen")
     task: str = doc("walking task config: a name in config/tasks/ or a YAML path", "walk")
     backend: str = doc("what is driven: pybullet (simulation in this process), gazebo (a Gazebo world through the "
-                       "stock op3_gazebo topics and services; see the gazebo parameters), hardware (the real robot: not "
-                       "in this release, refused with a message)",
+                       "stock op3_gazebo topics and services; see the gazebo parameters), hardware (the real robot "
+                       "behind the safety layer; see the hardware parameters)",
                        "pybullet")
     mode: str = doc("lockstep (one control period per action: deterministic simulation) or realtime (fixed-rate "
                     "loop, freshest action, watchdog); empty = lockstep for pybullet and gazebo, realtime for "
@@ -64,6 +99,10 @@ class ControllerParams:
     gui: bool = doc("pybullet: open the PyBullet GUI (needs a display); false = headless DIRECT mode", False)
     gazebo: Dict[str, Any] = doc("gazebo backend settings (GazeboBridgeParams: namespace, topics, timeouts)",
                                  default_factory=dict)
+    hardware: Dict[str, Any] = doc("hardware backend settings (HardwareParams: PLEN chip config and bus, safety "
+                                   "layer, OP3 framework topics)", default_factory=dict)
+    shadow: bool = doc("hardware: shadow mode: the policy runs on the real sensors, the motors only hold the stance, "
+                       "and what the policy would have commanded is logged (overrides the safety config)", False)
     watchdog_timeout_s: float = doc("realtime: s without a fresh action before the watchdog ends the episode and "
                                     "holds the robot (the last action is repeated until then)", 0.1)
     watchdog_action: str = doc("realtime: what the robot does once the watchdog trips or an episode has ended: "
@@ -101,8 +140,32 @@ def make_backend(params: ControllerParams, robot: Any) -> Any:
         from op3_walk.ros.gazebo_bridge import GazeboBridgeBackend, GazeboBridgeParams
         return GazeboBridgeBackend(robot, from_dict(GazeboBridgeParams, params.gazebo,
                                                     where="%s private parameter gazebo" % rospy.get_name()))
-    raise ConfigError("backend hardware: the real-robot backends (PLEN servo/ADC/IMU stack, OP3 framework bridge) "
-                      "and their safety layer are not part of this release yet; use backend pybullet or gazebo")
+    return make_hardware_backend(params, robot)
+
+
+def make_hardware_backend(params: ControllerParams, robot: Any) -> Any:
+    """The real robot's backend inside the safety layer (ConfigError for a robot without hardware support)."""
+    from op3_walk.hardware.safety import SafeBackend, load_safety_config
+    hw = from_dict(HardwareParams, params.hardware, where="%s private parameter hardware" % rospy.get_name())
+    overrides = dict(hw.safety)
+    if params.shadow:
+        overrides["shadow"] = True
+    safety = load_safety_config(robot, hw.safety_config, overrides)
+    if robot.name == "plen":
+        from op3_walk.backends.plen_hardware import open_plen_backend
+        inner = open_plen_backend(robot, hw.plen_config, hw.i2c)
+    elif robot.name == "op3":
+        from op3_walk.ros.op3_bridge import Op3FrameworkBackend, Op3FrameworkParams
+        inner = Op3FrameworkBackend(robot, from_dict(Op3FrameworkParams, hw.op3_framework,
+                                                     where="%s private parameter hardware/op3_framework"
+                                                     % rospy.get_name()))
+    else:
+        raise ConfigError("backend hardware drives the robots plen and op3, not %r" % robot.name)
+    try:
+        return SafeBackend(inner, robot, safety)
+    except Exception:
+        inner.close()
+        raise
 
 
 class ControllerNode:
@@ -157,8 +220,16 @@ class ControllerNode:
         self.reset_srv = rospy.Service("walker/reset", ResetEpisode, self._on_reset)
         self.action_sub = rospy.Subscriber("walker/action", WalkerAction, self._on_action, queue_size=10,
                                            tcp_nodelay=True)
-        self.diagnostics = DiagnosticsPublisher(params.diagnostics_rate_hz, self._diagnostics)
         self._stop = threading.Event()
+        self.safety = backend if hasattr(backend, "reset_estop") else None   # the SafeBackend of backend hardware
+        self.interventions = 0
+        if self.safety is not None:
+            self.safety.on_intervention.append(self._on_intervention)
+            self.estop_sub = rospy.Subscriber("safety/estop", Bool, self._on_estop_topic, queue_size=10)
+            self.estop_srv = rospy.Service("safety/trigger_estop", Trigger, self._on_trigger_estop)
+            self.reset_estop_srv = rospy.Service("safety/reset_estop", Trigger, self._on_reset_estop)
+            threading.Thread(target=self._supervise, name="safety_supervisor", daemon=True).start()
+        self.diagnostics = DiagnosticsPublisher(params.diagnostics_rate_hz, self._diagnostics)
         self._loop_thread: Optional[threading.Thread] = None
         if self.mode == "realtime":
             self._loop_thread = threading.Thread(target=self._realtime_loop, name="controller_loop", daemon=True)
@@ -208,6 +279,38 @@ class ControllerNode:
                 return
             self._note_latency(msg.step)
             self._advance(action)
+
+    # -- safety (backend hardware) --------------------------------------------------------------------------------
+    def _on_intervention(self, kind: str, detail: str) -> None:
+        self.interventions += 1
+        if kind in ("estop", "fall", "watchdog_relax", "estop_reset_refused"):
+            rospy.logerr("controller: safety %s: %s", kind, detail)
+        elif kind in ("clamp", "slew", "reject"):
+            rospy.logwarn_throttle(5.0, "controller: safety %s: %s", kind, detail)
+        else:
+            rospy.loginfo("controller: safety %s: %s", kind, detail)
+
+    def _on_estop_topic(self, msg: Bool) -> None:
+        if msg.data:
+            self.safety.estop("safety/estop topic")
+
+    def _on_trigger_estop(self, _req: Any) -> TriggerResponse:
+        self.safety.estop("safety/trigger_estop service")
+        return TriggerResponse(success=True, message="e-stop latched; call safety/reset_estop to clear it")
+
+    def _on_reset_estop(self, _req: Any) -> TriggerResponse:
+        ok, message = self.safety.reset_estop()
+        return TriggerResponse(success=bool(ok), message=message)
+
+    def _supervise(self) -> None:
+        """The safety layer's watchdog also runs from here, so a stalled control loop still holds, then relaxes."""
+        while not self._stop.wait(SAFETY_POLL_S):
+            try:
+                self.safety.poll()
+            except Exception as exc:  # a closed backend at shutdown, or a bus error already reported by the loop
+                if self._stop.is_set():
+                    return
+                rospy.logerr_throttle(5.0, "controller: safety supervisor: %s", exc)
 
     # -- realtime -----------------------------------------------------------------------------------------------
     def _take_realtime_action(self, msg: WalkerAction) -> None:
@@ -385,7 +488,8 @@ class ControllerNode:
             values["control rate target [Hz]"] = "%.1f" % self.robot.control_rate_hz
         values.update(percentiles_ms("state->action latency", latencies))
         values.update(percentiles_ms("step compute", step_times))
-        bridge_stats = getattr(self.backend, "stats", None)   # the Gazebo bridge: overshoot, lag, late messages
+        inner = self.safety.inner if self.safety is not None else self.backend
+        bridge_stats = getattr(inner, "stats", None)   # Gazebo / OP3 framework bridges: lag, late messages
         if bridge_stats is not None and callable(getattr(bridge_stats, "values", None)):
             values.update(bridge_stats.values())
         level, message = 0, "running" if values["episode running"] else "idle (waiting for walker/reset)"
@@ -393,8 +497,22 @@ class ControllerNode:
             level, message = 1, "watchdog tripped: no fresh actions, robot held"
         if self.step_failures:
             level, message = 2 if not values["episode running"] else 1, "backend step failures: %d" % self.step_failures
-        return [status("op3_walk controller %s" % (rospy.get_namespace().rstrip("/") or "/"), level, message,
-                       rospy.get_name(), values)]
+        name = rospy.get_namespace().rstrip("/") or "/"
+        statuses = [status("op3_walk controller %s" % name, level, message, rospy.get_name(), values)]
+        if self.safety is not None:
+            statuses.append(self._safety_status(name))
+        return statuses
+
+    def _safety_status(self, name: str) -> Any:
+        stats = self.safety.stats()
+        state = stats.get("state", "")
+        if stats.get("latched"):
+            level, message = 2, "%s: %s (call safety/reset_estop)" % (state, stats.get("latch_reason", ""))
+        elif state in ("holding", "relaxed"):
+            level, message = 1, "%s (%s)" % (state, stats.get("last_intervention_detail") or "no commands")
+        else:
+            level, message = 0, state + (" (shadow mode: motors hold the stance)" if stats.get("shadow") else "")
+        return status("op3_walk safety %s" % name, level, message, rospy.get_name(), stats)
 
     def close(self) -> None:
         self._stop.set()

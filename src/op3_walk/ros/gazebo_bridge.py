@@ -72,7 +72,8 @@ from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float64
 from std_srvs.srv import Empty
 
-from op3_walk.backends.base import STANDARD_GRAVITY, Backend, RobotState, clamp_targets, quat_to_matrix
+from op3_walk.backends.base import (STANDARD_GRAVITY, Backend, RobotState, clamp_targets, matrix_to_quaternion,
+                                    quat_to_matrix)
 from op3_walk.config import doc
 from op3_walk.robots.description import RobotConfig
 from op3_walk.robots.kinematics import BipedKinematics, Urdf, rpy_matrix
@@ -189,25 +190,6 @@ class GazeboBridgeStats:
                 "step wall time last [ms]": self.last_step_wall_s * 1e3,
                 "step wall time mean [ms]": self.mean_step_wall_s * 1e3,
                 "messages after pause": self.settle_messages}
-
-
-def _matrix_to_quaternion(m: np.ndarray) -> np.ndarray:
-    """Quaternion (x, y, z, w), w >= 0, of rotation matrix ``m`` (Shepperd's method: stable for every rotation)."""
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0.0:
-        s = 2.0 * math.sqrt(1.0 + trace)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    q = np.array(q)
-    return q if q[3] >= 0.0 else -q
 
 
 def _floats(text: Optional[str], default: Sequence[float]) -> np.ndarray:
@@ -577,7 +559,7 @@ class GazeboBridgeBackend(Backend):
             world_position = position + rotation.dot(foot_position)
             lowest = float(np.min(world_position[2] + corners.dot(world_rotation[2])))
             foot_positions.append(world_position)
-            foot_orientations.append(_matrix_to_quaternion(world_rotation))
+            foot_orientations.append(matrix_to_quaternion(world_rotation))
             contacts.append(lowest < self.params.contact_height)
         epoch = self._epoch_ns if self._epoch_ns is not None else reading["joint_ns"]
         return RobotState(

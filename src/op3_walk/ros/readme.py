@@ -13,18 +13,21 @@ import importlib
 import os
 import sys
 import xml.etree.ElementTree as ET
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BEGIN, END = "<!-- ros-tables:begin -->", "<!-- ros-tables:end -->"
 
 # (node, module, parameter class, nested parameter classes: field -> "module:Class")
-NODES: List[Tuple[str, str, str, dict]] = [
+NODES: List[Tuple[str, str, str, Dict[str, Any]]] = [
     ("controller_node", "op3_walk.ros.controller", "ControllerParams",
-     {"gazebo": "op3_walk.ros.gazebo_bridge:GazeboBridgeParams"}),
+     {"gazebo": "op3_walk.ros.gazebo_bridge:GazeboBridgeParams",
+      "hardware": ("op3_walk.ros.controller:HardwareParams",
+                   {"op3_framework": "op3_walk.ros.op3_bridge:Op3FrameworkParams"})}),
     ("learner_node", "op3_walk.ros.learner", "LearnerParams", {}),
     ("policy_node", "op3_walk.ros.policy_node", "PolicyParams", {}),
     ("gazebo_standin", "op3_walk.ros.gazebo_standin", "GazeboStandinParams", {}),
+    ("op3_standin", "op3_walk.ros.op3_standin", "Op3StandinParams", {}),
 ]
 
 
@@ -56,9 +59,10 @@ def param_rows(cls: Any, prefix: str = "~", nested: dict = None) -> List[str]:
     for field in dataclasses.fields(cls):
         doc = field.metadata.get("doc", "") if field.metadata else ""
         if nested and field.name in nested:
-            sub = _cls(nested[field.name])
+            spec = nested[field.name]   # "module:Class", or ("module:Class", {its own nested fields})
+            path, inner = (spec, None) if isinstance(spec, str) else spec
             rows.append("| `%s%s/...` | | %s; fields below |" % (prefix, field.name, _cell(doc)))
-            rows += param_rows(sub, "%s%s/" % (prefix, field.name))
+            rows += param_rows(_cls(path), "%s%s/" % (prefix, field.name), inner)
             continue
         rows.append("| `%s%s` | %s | %s |" % (prefix, field.name, _default(field), _cell(doc)))
     return rows
