@@ -28,10 +28,11 @@ No ROS, no torch: this runs on the robot's computer too.
 """
 import math
 import xml.etree.ElementTree as ET
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from op3_walk.backends.base import matrix_to_quaternion
 from op3_walk.robots.description import LEG_JOINT_ROLES, LegConfig, RobotConfig
 
 CONTRACT_TOL = 1e-6  # m (distances) and rad-ish (unit-vector differences) allowed by the contract checks
@@ -400,3 +401,72 @@ class BipedKinematics:
         for link_joint in self.urdf.chain(self.robot.torso_link, joint.child):
             rotation = rotation.dot(link_joint.rotation)
         return rotation.dot(joint.axis)
+
+
+def sole_corners(urdf: Urdf, link: str) -> np.ndarray:
+    """(k, 3) corners, in the frame of ``link``, of the boxes bounding its collision shapes (a box is exact; a
+    cylinder or sphere is replaced by its bounding box).  A link with only mesh shapes gives its frame origin."""
+    corners = []
+    for element in urdf.collisions.get(link, []):
+        origin = element.find("origin")
+        xyz = _floats(origin.get("xyz") if origin is not None else None, (0.0, 0.0, 0.0), link + " collision xyz")
+        rotation = rpy_matrix(*_floats(origin.get("rpy") if origin is not None else None, (0.0, 0.0, 0.0),
+                                       link + " collision rpy"))
+        geometry = element.find("geometry")
+        if geometry is None:
+            continue
+        box, cylinder, sphere = geometry.find("box"), geometry.find("cylinder"), geometry.find("sphere")
+        if box is not None:
+            half = _floats(box.get("size"), (0.0, 0.0, 0.0), link + " collision box size") / 2.0
+        elif cylinder is not None:
+            radius = float(cylinder.get("radius"))
+            half = np.array([radius, radius, float(cylinder.get("length")) / 2.0])
+        elif sphere is not None:
+            half = np.full(3, float(sphere.get("radius")))
+        else:
+            continue
+        for sx in (-1.0, 1.0):
+            for sy in (-1.0, 1.0):
+                for sz in (-1.0, 1.0):
+                    corners.append(xyz + rotation.dot(half * (sx, sy, sz)))
+    return np.array(corners) if corners else np.zeros((1, 3))
+
+
+class GroundEstimate(NamedTuple):
+    """Where the ground is, from the joint angles and the IMU alone (no base position sensor)."""
+
+    height: float                  # m: torso origin above the ground (the lowest sole corner rests at z = 0)
+    contacts: np.ndarray           # (n_feet,) bool: feet whose lowest corner is within contact_height of the ground
+    foot_positions: np.ndarray     # (n_feet, 3) m: foot frame origins in a world frame at the torso's x, y
+    foot_orientations: np.ndarray  # (n_feet, 4) quaternions x, y, z, w, foot -> world
+
+
+class GroundEstimator:
+    """Torso height and foot contacts of a real robot on flat ground, from leg kinematics and the IMU orientation.
+
+    The feet are placed by forward kinematics in a frame at the torso origin, rotated by the IMU's orientation; the
+    lowest corner of any sole's collision box is taken as the ground (z = 0).  So at least one foot always reads as
+    touching; a fall shows in the tilt, not in the contacts.  Assumes flat, level ground and the URDF's sole boxes.
+    """
+
+    def __init__(self, robot: Any, contact_height: float = 0.01):
+        self.kinematics = BipedKinematics(robot)
+        self.soles = [sole_corners(self.kinematics.urdf, foot) for foot in robot.foot_links]
+        self.contact_height = float(contact_height)
+
+    def estimate(self, q: Sequence[float], rotation: np.ndarray) -> GroundEstimate:
+        """``rotation``: torso -> world rotation matrix (from the IMU quaternion)."""
+        feet = []
+        for (foot_position, foot_rotation), corners in zip(self.kinematics.foot_poses(q), self.soles):
+            world_rotation = rotation.dot(foot_rotation)
+            world_position = rotation.dot(foot_position)
+            feet.append((world_position, world_rotation,
+                         float(np.min(world_position[2] + corners.dot(world_rotation[2])))))
+        ground = min(lowest for _, _, lowest in feet)
+        height = -ground
+        base = np.array([0.0, 0.0, height])
+        return GroundEstimate(
+            height=height,
+            contacts=np.array([lowest - ground < self.contact_height for _, _, lowest in feet], dtype=bool),
+            foot_positions=np.array([base + position for position, _, _ in feet]),
+            foot_orientations=np.array([matrix_to_quaternion(r) for _, r, _ in feet]))

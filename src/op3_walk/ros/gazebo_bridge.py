@@ -59,7 +59,6 @@ velocity (world) from model_states; angular velocity and specific force (body fr
 Needs ``rospy.init_node`` to have been called.  Never imports torch.
 """
 import dataclasses
-import math
 import threading
 import time
 import warnings
@@ -76,7 +75,7 @@ from op3_walk.backends.base import (STANDARD_GRAVITY, Backend, RobotState, clamp
                                     quat_to_matrix)
 from op3_walk.config import doc
 from op3_walk.robots.description import RobotConfig
-from op3_walk.robots.kinematics import BipedKinematics, Urdf, rpy_matrix
+from op3_walk.robots.kinematics import BipedKinematics, sole_corners
 
 NS_PER_S = 1000000000
 
@@ -192,36 +191,6 @@ class GazeboBridgeStats:
                 "messages after pause": self.settle_messages}
 
 
-def _floats(text: Optional[str], default: Sequence[float]) -> np.ndarray:
-    return np.array(default if text is None else [float(v) for v in text.split()], dtype=np.float64)
-
-
-def sole_corners(urdf: Urdf, link: str) -> np.ndarray:
-    """(k, 3) corners, in the frame of ``link``, of the boxes bounding its collision shapes (a box is exact; a
-    cylinder or sphere is replaced by its bounding box).  A link with only mesh shapes gives its frame origin."""
-    corners = []
-    for element in urdf.collisions.get(link, []):
-        origin = element.find("origin")
-        xyz = _floats(origin.get("xyz") if origin is not None else None, (0.0, 0.0, 0.0))
-        rotation = rpy_matrix(*_floats(origin.get("rpy") if origin is not None else None, (0.0, 0.0, 0.0)))
-        geometry = element.find("geometry")
-        if geometry is None:
-            continue
-        box, cylinder, sphere = geometry.find("box"), geometry.find("cylinder"), geometry.find("sphere")
-        if box is not None:
-            half = _floats(box.get("size"), (0.0, 0.0, 0.0)) / 2.0
-        elif cylinder is not None:
-            radius = float(cylinder.get("radius"))
-            half = np.array([radius, radius, float(cylinder.get("length")) / 2.0])
-        elif sphere is not None:
-            half = np.full(3, float(sphere.get("radius")))
-        else:
-            continue
-        for sx in (-1.0, 1.0):
-            for sy in (-1.0, 1.0):
-                for sz in (-1.0, 1.0):
-                    corners.append(xyz + rotation.dot(half * (sx, sy, sz)))
-    return np.array(corners) if corners else np.zeros((1, 3))
 
 
 class GazeboBridgeBackend(Backend):

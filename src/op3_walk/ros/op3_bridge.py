@@ -101,11 +101,10 @@ import rospy
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import String
 
-from op3_walk.backends.base import Backend, RobotState, clamp_targets, matrix_to_quaternion, quat_to_matrix
+from op3_walk.backends.base import Backend, RobotState, clamp_targets, quat_to_matrix
 from op3_walk.config import doc
 from op3_walk.robots.description import RobotConfig
-from op3_walk.robots.kinematics import BipedKinematics
-from op3_walk.ros.gazebo_bridge import sole_corners
+from op3_walk.robots.kinematics import GroundEstimator
 
 DIRECT_CONTROL_TOPIC = "/robotis/direct_control/set_joint_states"  # op3_direct_control_module: never used here
 FRAMEWORK_CYCLE_S = 0.008  # robotis_controller's control_cycle in op3_manager/config/OP3.robot
@@ -258,8 +257,7 @@ class Op3FrameworkBackend(Backend):
         self._names = list(robot.joint_names)
         self._lower, self._upper = robot.lower, robot.upper
         self._period = robot.control_period_s
-        self._kinematics = BipedKinematics(robot)
-        self._soles = [sole_corners(self._kinematics.urdf, foot) for foot in robot.foot_links]
+        self._ground = GroundEstimator(robot, params.contact_height)
         self._targets = robot.stance.copy()
         self.stats = Op3FrameworkStats()
         self._closed = False
@@ -640,15 +638,8 @@ class Op3FrameworkBackend(Backend):
         gyro = np.array([imu.angular_velocity.x, imu.angular_velocity.y, imu.angular_velocity.z])
         specific_force = np.array([imu.linear_acceleration.x, imu.linear_acceleration.y, imu.linear_acceleration.z])
         # Feet in a frame at the torso's x, y, gravity-aligned by the IMU tilt; the lowest sole corner is the ground.
-        feet = []
-        for (foot_position, foot_rotation), corners in zip(self._kinematics.foot_poses(q), self._soles):
-            world_rotation = rotation.dot(foot_rotation)
-            world_position = rotation.dot(foot_position)
-            feet.append((world_position, world_rotation,
-                         float(np.min(world_position[2] + corners.dot(world_rotation[2])))))
-        ground = min(lowest for _, _, lowest in feet)
-        height = -ground if self.params.estimate_height else 0.0
-        base_position = np.array([0.0, 0.0, height])
+        ground = self._ground.estimate(q, rotation)
+        base_position = np.array([0.0, 0.0, ground.height if self.params.estimate_height else 0.0])
         epoch = self._epoch if self._epoch is not None else stamp
         return RobotState(
             time=stamp - epoch,
@@ -660,8 +651,7 @@ class Op3FrameworkBackend(Backend):
             base_linear_velocity=np.zeros(3),
             base_angular_velocity=gyro,
             linear_acceleration=specific_force,
-            foot_contacts=np.array([lowest - ground < self.params.contact_height for _, _, lowest in feet],
-                                   dtype=bool),
-            foot_positions=np.array([base_position + position for position, _, _ in feet]),
-            foot_orientations=np.array([matrix_to_quaternion(r) for _, r, _ in feet]),
+            foot_contacts=ground.contacts,
+            foot_positions=ground.foot_positions - (0.0, 0.0, ground.height) + base_position,
+            foot_orientations=ground.foot_orientations,
         )
