@@ -6,10 +6,11 @@ passes targets on as given (clamped to the joint limits, nothing more).
 
 What a real robot can and cannot do, and how the ``Backend`` contract maps onto it:
 
-* ``step()`` paces itself: it waits until one control period after the previous step, writes the held targets to
-  the servos (one burst), then reads this tick's share of the joint feedback (``adc.reads_per_tick`` ADC channels,
+* ``step()`` paces itself: called early, it waits until one control period after the previous step (a caller with
+  its own fixed-rate loop, like controller_node, calls it on time and never waits here: the backend takes the
+  caller's phase); then it writes the held targets to the servos (one burst), then reads this tick's share of the joint feedback (``adc.reads_per_tick`` ADC channels,
   round robin; the others keep their latest sample) and the IMU.  A tick that starts more than a period late is
-  counted (``stats``) and the schedule restarts from now.
+  counted (``stats``).
 * ``reset()`` cannot place the robot: it moves nothing, re-reads every feedback channel and the IMU, and restarts
   the clock.  The requested joint positions are only checked; the safety layer's safe start ramps the servos from
   the measured pose.  The requested base pose is ignored (the robot stands where it stands).
@@ -104,7 +105,7 @@ class PlenHardwareBackend(Backend):
         joints = self._guard(self.io.read_all_joints)
         imu = self._guard(self.io.read_imu)
         self._epoch = self._clock()
-        self._deadline = self._epoch + self._period
+        self._deadline = None     # the first step runs at once
         self._last_q, self._last_t = None, None
         self._velocity = np.zeros(self.robot.n_joints)
         self.state = self._state(joints, imu)
@@ -117,13 +118,12 @@ class PlenHardwareBackend(Backend):
     def step(self) -> RobotState:
         self._check_open()
         now = self._clock()
-        if self._deadline is None:
-            self._deadline = now
-        elif now < self._deadline:
-            self._sleep(self._deadline - now)
-        elif now - self._deadline > self._period:
-            self.stats.late_ticks += 1
-            self._deadline = now
+        if self._deadline is not None and now < self._deadline:
+            self._sleep(self._deadline - now)        # called early: keep the control period
+        else:
+            if self._deadline is not None and now - self._deadline > self._period:
+                self.stats.late_ticks += 1
+            self._deadline = now                     # on time or late: take the caller's phase (no sleep)
         start = self._clock()
         if self._targets is not None and (self._written is None or not np.array_equal(self._targets, self._written)):
             self._guard(lambda: self.io.write_targets(self._targets))

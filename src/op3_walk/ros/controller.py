@@ -207,6 +207,8 @@ class ControllerNode:
         self._last_action_time = 0.0
         self._hold_targets: Optional[np.ndarray] = None
         self.watchdog_active = False
+        self._inbox_lock = threading.Lock()   # realtime: actions received since the last tick, with arrival times
+        self._inbox: Deque[Any] = collections.deque(maxlen=64)
         # Lockstep: publish synchronously in the action callback (no hand-off to a writer thread: ~2x lower round
         # trip). Realtime: queued, so a slow subscriber can never stall the control loop.
         self.state_pub = (synchronous_publisher("walker/state", WalkerState, tcp_nodelay=True)
@@ -263,10 +265,13 @@ class ControllerNode:
         return ResetEpisodeResponse(success=True, message="", state=msg)
 
     def _on_action(self, msg: WalkerAction) -> None:
+        if self.mode == "realtime":
+            # Never wait for the control loop (it holds self.lock through the robot's I/O): the loop takes the
+            # inbox at the start of its next tick.
+            with self._inbox_lock:
+                self._inbox.append((msg, time.monotonic()))
+            return
         with self.lock:
-            if self.mode == "realtime":
-                self._take_realtime_action(msg)
-                return
             if msg.episode == self.episode and msg.step + 1 == self.step and self.last_state is not None:
                 self.repeated_actions += 1
                 self.state_pub.publish(self.last_state)       # repeat: the learner missed our answer
@@ -313,9 +318,9 @@ class ControllerNode:
                 rospy.logerr_throttle(5.0, "controller: safety supervisor: %s", exc)
 
     # -- realtime -----------------------------------------------------------------------------------------------
-    def _take_realtime_action(self, msg: WalkerAction) -> None:
+    def _take_realtime_action(self, msg: WalkerAction, received: Optional[float] = None) -> None:
         """Keep ``msg`` as the freshest action if it answers a step of this episode not older than the one
-        applied last; otherwise drop and count it."""
+        applied last; otherwise drop and count it.  ``received``: monotonic arrival time (for the latency)."""
         if (self.episode_over or msg.episode != self.episode or msg.step > self.step
                 or msg.step <= max(self._applied_step, self._fresh_step)):
             self._drop(msg)
@@ -323,7 +328,7 @@ class ControllerNode:
         action = self._decode(msg)
         if action is None:
             return
-        self._note_latency(msg.step)
+        self._note_latency(msg.step, received)
         if self._fresh is not None:
             self.dropped_actions += 1      # superseded before it was applied
         self._fresh, self._fresh_step = action, int(msg.step)
@@ -347,6 +352,11 @@ class ControllerNode:
                 next_tick = time.monotonic()
 
     def _realtime_tick(self) -> None:
+        with self._inbox_lock:
+            inbox = list(self._inbox)
+            self._inbox.clear()
+        for msg, received in inbox:
+            self._take_realtime_action(msg, received)
         now = time.monotonic()
         if self.episode == 0:
             return                       # nothing reset yet: the robot is as the backend started it
@@ -403,10 +413,10 @@ class ControllerNode:
                                   msg.episode, msg.step, exc, self.rejected_actions)
             return None
 
-    def _note_latency(self, step: int) -> None:
+    def _note_latency(self, step: int, received: Optional[float] = None) -> None:
         sent = self._published_at.get(int(step))
         if sent is not None:
-            self.latencies.append(time.monotonic() - sent)
+            self.latencies.append((time.monotonic() if received is None else received) - sent)
 
     def _advance(self, action: Any) -> None:
         start = time.perf_counter()

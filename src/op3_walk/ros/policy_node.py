@@ -149,7 +149,11 @@ class PolicyNode:
     def _on_state(self, msg: WalkerState, from_reset: bool = False) -> None:
         with self._cond:
             last = self._last_key
-            if last is not None and msg.episode == last[0] and msg.step <= last[1]:
+            # A realtime controller's watchdog ends an episode by re-publishing the current step as truncated: that
+            # is the episode's end, not a re-send.
+            ended_here = (last is not None and (msg.episode, msg.step) == last and self._awaiting
+                          and (msg.terminated or msg.truncated))
+            if last is not None and msg.episode == last[0] and msg.step <= last[1] and not ended_here:
                 if not from_reset and (msg.episode, msg.step) != self._reset_key:
                     self.duplicate_states += 1    # a re-send of a state already answered (or an older one)
                 return
