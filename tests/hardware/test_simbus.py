@@ -13,8 +13,8 @@ from adafruit_ads1x15.analog_in import AnalogIn
 from adafruit_pca9685 import PCA9685
 
 from op3_walk.hardware.plen_config import quat_matrix, quat_multiply
-from op3_walk.hardware.simbus import (SLEEP_QUANTUM_S, ADS1115Sim, BNO055Sim, PCA9685Sim, SimulatedI2CBus, SimulatedPlen,
-                                      STANDARD_GRAVITY)
+from op3_walk.hardware.simbus import (SLEEP_QUANTUM_S, ADS1115Sim, BNO055Sim, PCA9685Sim, SimulatedI2CBus,
+                                      SimulatedPlen, STANDARD_GRAVITY)
 
 
 def fast_bus():
