@@ -113,3 +113,20 @@ def test_train_launch_drives_the_op3_framework_standin_through_the_hardware_back
     finally:
         diag.close()
         standin.interrupt()
+
+
+def test_shadow_mode_logs_what_the_policy_would_command_and_holds_the_stance(spawn, rospy_node, policies, tmp_path,
+                                                                             monkeypatch):
+    import csv
+    import glob
+    ros_home = tmp_path / "ros_home"
+    monkeypatch.setenv("ROS_HOME", str(ros_home))
+    proc = spawn(deploy_args(policies["a"], backend="hardware", i2c="sim", shadow="true", episodes=1),
+                 name="deploy_shadow")
+    assert proc.wait(timeout=120) == 0, proc.log()[-4000:]
+    logs = glob.glob(str(ros_home / "op3_walk" / "shadow_*.csv"))
+    assert len(logs) == 1, proc.log()[-2000:]
+    with open(logs[0]) as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) > 500 and len(rows[1]) == 2 + 18      # time, step, one column per joint; one row per command
+    assert "shadow mode" in proc.log()

@@ -35,6 +35,7 @@ Topics (relative, so the node can live in a namespace):
 """
 import collections
 import dataclasses
+import os
 import threading
 import time
 from typing import Any, Deque, Dict, List, Optional
@@ -150,6 +151,12 @@ def make_hardware_backend(params: ControllerParams, robot: Any) -> Any:
     overrides = dict(hw.safety)
     if params.shadow:
         overrides["shadow"] = True
+    if overrides.get("shadow") and not overrides.get("shadow_csv"):   # where a user finds what it would have done
+        folder = os.path.join(os.environ.get("ROS_HOME", os.path.expanduser("~/.ros")), "op3_walk")
+        os.makedirs(folder, exist_ok=True)
+        overrides["shadow_csv"] = os.path.join(folder, time.strftime("shadow_%Y%m%d_%H%M%S.csv"))
+        rospy.loginfo("controller: shadow mode: the policy's commands are logged to %s, the motors hold the stance",
+                      overrides["shadow_csv"])
     safety = load_safety_config(robot, hw.safety_config, overrides)
     if robot.name == "plen":
         from op3_walk.backends.plen_hardware import open_plen_backend
