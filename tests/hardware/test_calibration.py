@@ -17,7 +17,7 @@ from op3_walk.hardware.calibration import (CalibrationError, calibrate_feedback,
                                            watch_imu_calibration)
 from op3_walk.hardware.plen_config import DEFAULT_PATH, load_hardware_config
 from op3_walk.hardware.plen_io import PlenIO
-from op3_walk.hardware.simbus import SimulatedPlen
+from op3_walk.hardware.simbus import BNO055Sim, SimulatedPlen
 
 # "true" potentiometers, written as the volts -> rad polynomial a perfect calibration must find
 _x = np.poly1d([1.0, -1.5])                                             # V - 1.5
@@ -189,6 +189,38 @@ def test_save_without_one_line_entries_regenerates_with_a_header(tmp_path):
     assert load_hardware_config(str(out)).feedback_for("r_knee").poly == [0.01, -1.2, 2.0]
 
 
+def test_save_imu_profile_edits_one_line_or_adds_it_to_the_imu_block(tmp_path):
+    values = (-21, 13, -30, -183, 96, 411, -2, 1, 0, 1000, 711)
+    out = tmp_path / "plen.yaml"
+    save_calibration(DEFAULT_PATH, str(out), imu_profile=values, imu_note="IMUPLUS", when=STAMP)
+    before = open(resolve(DEFAULT_PATH)).read().splitlines()
+    after = out.read_text().splitlines()
+    changed = [line for line in after if line not in before]
+    assert len(changed) == 3 + 1                                # record block (3 lines), the profile line
+    assert "  calibration_profile: {accel_offset: [-21, 13, -30], mag_offset: [-183, 96, 411], gyro_offset: " \
+           "[-2, 1, 0], accel_radius: 1000, mag_radius: 711}" in after
+    assert "# imu: imu 2024-05-06 07:08 calibration profile (IMUPLUS)" in after
+    assert load_hardware_config(str(out)).imu.calibration_profile.values() == values
+    # a file without the key (written before it existed): the line is added at the end of the imu block
+    old = tmp_path / "old.yaml"
+    k = before.index("  calibration_profile: null")
+    assert before[k - 3].startswith("  # calibration_profile:")
+    old.write_text("\n".join(before[:k - 3] + before[k + 1:]) + "\n")
+    save_calibration(str(old), str(old), imu_profile=values, when=STAMP)
+    lines = old.read_text().splitlines()
+    k = next(i for i, line in enumerate(lines) if line.startswith("  calibration_profile: {"))
+    assert lines[k - 2].startswith("  fusion_mode: IMUPLUS") and lines[k - 1].startswith("  # calibration_profile:")
+    save_calibration(str(old), str(old), imu_profile=[0] * 11, when=STAMP)     # again: replaced, not added
+    text = old.read_text()
+    assert text.count("calibration_profile: {") == 1 and text.count("# imu: imu ") == 1
+    assert load_hardware_config(str(old)).imu.calibration_profile.values() == (0,) * 11
+    with pytest.raises(ValueError, match="11 values"):
+        save_calibration(DEFAULT_PATH, str(tmp_path / "bad.yaml"), imu_profile=[0] * 10)
+    with pytest.raises(ValueError, match="int16"):
+        save_calibration(DEFAULT_PATH, str(tmp_path / "bad.yaml"), imu_profile=[40000] + [0] * 10)
+    assert not (tmp_path / "bad.yaml").exists()
+
+
 def test_save_refuses_a_result_that_would_not_load(tmp_path):
     out = tmp_path / "bad.yaml"
     with pytest.raises(ConfigError, match="horn_offset_rad"):
@@ -300,6 +332,33 @@ def test_cli_imu_and_horn_sim(tmp_path, capsys, monkeypatch):
     assert load_hardware_config(str(out)).servo("l_knee").horn_offset_rad == pytest.approx(-math.radians(1.0),
                                                                                            abs=1e-6)
     assert load_hardware_config(str(out)).servo("r_knee").horn_offset_rad == 0.0
+
+
+def test_cli_imu_write_saves_the_chip_profile_and_a_new_plenio_restores_it(tmp_path, capsys, robot):
+    out = tmp_path / "plen.yaml"
+    rc = cal.main(["imu", *SIM, "--poll", "0.01", "--timeout", "5", "--write", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "no profile is stored" in text and "wrote the BNO055 calibration profile" in text
+    assert "IMUPLUS does not calibrate the magnetometer" in text
+    # what the simulated chip's routine found for gyro and accel; IMUPLUS leaves the magnetometer part at the
+    # reset's zeros
+    learned = BNO055Sim.DEFAULT_LEARNED_PROFILE
+    expected = tuple(learned[0:3]) + (0, 0, 0) + tuple(learned[6:10]) + (0,)
+    cfg = load_hardware_config(str(out))
+    assert cfg.imu.calibration_profile.values() == expected
+    before = open(resolve(DEFAULT_PATH)).read().splitlines()
+    assert len([line for line in out.read_text().splitlines() if line not in before]) == 3 + 1
+    # a new PlenIO on a fresh (reset, zero-profile) chip writes it back
+    plen = SimulatedPlen(cfg, robot, byte_time_s=0.0, time_driven=False)
+    assert plen.imu.profile() == (0,) * 11
+    with PlenIO(cfg, robot, plen.bus) as pio:
+        pio.start()
+        assert plen.imu.resets == 1 and plen.imu.profile() == expected
+    # not calibrated in time: nothing written, exit 1
+    late = tmp_path / "late.yaml"
+    rc = cal.main(["imu", *SIM, "--poll", "0.01", "--timeout", "0", "--write", str(late)])
+    assert rc == 1 and "nothing written" in capsys.readouterr().out and not late.exists()
 
 
 def test_cli_errors_exit_2(capsys, tmp_path):

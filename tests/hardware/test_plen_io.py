@@ -28,6 +28,23 @@ def mounted_config(hw_config):
     return from_dict(PlenHardwareConfig, data)
 
 
+PROFILE = {"accel_offset": [-21, 13, -300], "mag_offset": [-32768, 96, 411], "gyro_offset": [-2, 1, 32767],
+           "accel_radius": 1000, "mag_radius": 711}
+PROFILE_VALUES = (-21, 13, -300, -32768, 96, 411, -2, 1, 32767, 1000, 711)
+
+
+def profile_config(hw_config, profile=None):
+    data = to_dict(hw_config)
+    data["imu"]["calibration_profile"] = copy.deepcopy(PROFILE if profile is None else profile)
+    return from_dict(PlenHardwareConfig, data)
+
+
+def _profile(**changes):
+    profile = copy.deepcopy(PROFILE)
+    profile.update(changes)
+    return lambda d: d["imu"].update(calibration_profile=profile)
+
+
 def make_rig(config, robot, **plant_kwargs):
     plant_kwargs.setdefault("byte_time_s", 0.0)
     plant_kwargs.setdefault("time_driven", False)
@@ -38,6 +55,7 @@ def make_rig(config, robot, **plant_kwargs):
 # ================================================================================================= config
 def test_default_config_loads_and_fits_the_tick(hw_config, robot):
     assert len(hw_config.servos) == 16 and len(hw_config.feedback) == 16
+    assert hw_config.imu.calibration_profile is None                # the shipped file stores none (null)
     assert not {"l_elbow", "r_elbow"} & {s.joint for s in hw_config.servos}
     est = estimate_tick_io(hw_config)
     assert est["total_s"] <= hw_config.bus.max_utilisation * est["period_s"]
@@ -75,6 +93,13 @@ def _replace_with_elbow(data):
     (lambda d: _servo(d, "l_hip_yaw").update(span_rad=2.0), "joint limits"),
     (lambda d: d["imu"].update(mounting_xyzw=[0, 0, 1, 1]), "unit quaternion"),
     (lambda d: d["adc"].update(full_scale_v=5.0), "not an ADS1115 range"),
+    (_profile(accel_offset=[1, 2]), "accel_offset needs 3 integers (x, y, z), got 2"),
+    (_profile(gyro_offset=[0, 0, 0, 0]), "gyro_offset needs 3 integers"),
+    (_profile(mag_radius=40000), "40000 outside the int16 range -32768..32767"),
+    (_profile(mag_offset=[0, -32769, 0]), "-32769 outside the int16 range"),
+    (_profile(accel_radius=1000.5), "accel_radius: expected an integer"),
+    (_profile(radius=3), "unknown key(s) radius"),
+    (lambda d: d["imu"].update(calibration_profile={"accel_offset": [0, 0, 0]}), "missing required key"),
 ])
 def test_bad_config_is_a_config_error(edit, fragment):
     with pytest.raises(ConfigError) as err:
@@ -242,6 +267,44 @@ def test_all_i2c_traffic_stays_on_the_io_thread(rig):
 
 
 # ================================================================================================= failures
+def test_configured_imu_profile_is_written_after_the_reset_and_read_back(hw_config, robot):
+    config = profile_config(hw_config)
+    assert config.imu.calibration_profile.values() == PROFILE_VALUES
+    plen, io = make_rig(config, robot)
+    plen.imu.set_calibration(0, 0, 0, 0)
+    with io:
+        io.start()
+        assert plen.imu.resets == 1                                 # the driver's reset came first
+        assert plen.imu.profile() == PROFILE_VALUES                 # written in CONFIG mode (else ignored)
+        assert plen.imu.mode == 0x08                                # back in IMUPLUS
+        assert io.read_imu_profile() == config.imu.calibration_profile
+        assert plen.imu.mode == 0x08
+        reading = io.read_imu()                                     # fused again after the CONFIG-mode read
+        assert np.allclose(reading.linear_acceleration, [0.0, 0.0, 9.81], atol=0.02)
+        assert reading.calibration == (0, 0, 0, 0)                  # a restored profile does not fake the status
+    plain, io = make_rig(hw_config, robot)                          # no profile configured: the reset's zeros
+    with io:
+        io.start()
+        assert plain.imu.profile() == (0,) * 11
+
+
+def test_imu_profile_that_does_not_read_back_fails_start_naming_the_bno055(hw_config, robot):
+    plen, io = make_rig(profile_config(hw_config), robot)
+    write = plen.imu.write_registers
+
+    def corrupting(pointer, data):                                  # one flipped bit in the gyroscope offsets
+        if pointer == 0x61 and data:
+            data = bytes([data[0] ^ 0x04]) + data[1:]
+        write(pointer, data)
+    plen.imu.write_registers = corrupting
+    with pytest.raises(HardwareError) as err:
+        io.start()
+    assert err.value.chip == "BNO055" and err.value.address == 0x28
+    assert "BNO055 at 0x28" in str(err.value) and "did not stick" in str(err.value)
+    assert err.value.relaxed and plen.all_outputs_off()
+    io.close()
+
+
 def test_calls_before_start_and_after_close_raise(hw_config, robot):
     plen, io = make_rig(hw_config, robot)
     with pytest.raises(HardwareError, match="not started"):

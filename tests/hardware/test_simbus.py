@@ -246,6 +246,60 @@ def test_bno055_config_mode_zeroes_outputs_and_ignores_config_writes_when_fused(
     assert sensor.quaternion[0] is not None
 
 
+PROFILE = (-2, 300, -32768, 32767, 1, -1, 16, -16, 0, 1000, 640)     # accel xyz, mag xyz, gyro xyz, radii
+
+
+def test_bno055_profile_registers_decode_through_the_driver(bno_rig):
+    bus, sim, sensor = bno_rig
+    sensor.mode = 0x00                                          # CONFIG
+    bus.writeto(0x28, bytes([0x55]) + struct.pack("<11h", *PROFILE))
+    raw = raw_read(bus, 0x28, 0x55, 22)
+    assert raw[:2] == b"\xfe\xff" and raw[4:6] == b"\x00\x80"  # -2, -32768: LSB first
+    assert sim.profile() == PROFILE
+    sensor.mode = 0x0C                                          # the driver's properties switch to CONFIG and back
+    assert sensor.offsets_accelerometer == PROFILE[0:3]
+    assert sensor.offsets_magnetometer == PROFILE[3:6]
+    assert sensor.offsets_gyroscope == PROFILE[6:9]
+    assert (sensor.radius_accelerometer, sensor.radius_magnetometer) == PROFILE[9:11]
+    sensor.offsets_gyroscope = (5, -6, 7)
+    assert sim.profile()[6:9] == (5, -6, 7) and sim.mode == 0x0C
+
+
+def test_bno055_profile_takes_writes_only_in_config_mode_and_a_reset_clears_it():
+    bus = fast_bus()
+    sim = bus.attach(BNO055Sim(0x28, reset_time_s=0.0))
+    payload = struct.pack("<11h", *PROFILE)
+    bus.writeto(0x28, bytes([0x3D, 0x08]))                      # IMUPLUS
+    bus.writeto(0x28, bytes([0x55]) + payload)
+    assert raw_read(bus, 0x28, 0x55, 22) == bytes(22)           # ignored outside CONFIG mode
+    bus.writeto(0x28, bytes([0x3D, 0x00]))
+    bus.writeto(0x28, bytes([0x55]) + payload)
+    assert raw_read(bus, 0x28, 0x55, 22) == payload
+    sim.set_calibration(1, 2, 0, 0)
+    bus.writeto(0x28, bytes([0x3D, 0x08]))
+    assert sim.profile() == PROFILE                             # a written profile leaves CALIB_STAT alone
+    assert raw_read(bus, 0x28, 0x35, 1) == bytes([1 << 6 | 2 << 4])
+    bus.writeto(0x28, bytes([0x3F, 0x20]))                      # SYS_TRIGGER reset
+    assert sim.profile() == (0,) * 11 and sim.resets == 1
+
+
+def test_bno055_calibration_routine_fills_the_profile_of_the_sensors_the_mode_uses():
+    bus = fast_bus()
+    learned = tuple(range(101, 112))
+    sim = bus.attach(BNO055Sim(0x28, learned_profile=learned))
+    sim.set_calibration(0, 0, 0, 0)
+    sim.set_calibration(3, 3, 3, 3)                             # CONFIG mode: the routine does not run
+    assert sim.profile() == (0,) * 11
+    sim.set_calibration(0, 0, 0, 0)
+    bus.writeto(0x28, bytes([0x3D, 0x08]))                      # IMUPLUS: gyro and accel, no magnetometer
+    sim.set_calibration(0, 3, 0, 3)
+    assert sim.profile() == (0, 0, 0, 0, 0, 0, 107, 108, 109, 0, 0)
+    sim.set_calibration(0, 3, 3, 3)
+    assert sim.profile() == (101, 102, 103, 0, 0, 0, 107, 108, 109, 110, 0)
+    with pytest.raises(ValueError):
+        BNO055Sim(0x28, learned_profile=(0,) * 10)
+
+
 # ------------------------------------------------------------------------------------------------- plant
 def test_simulated_plen_servo_follows_pwm_and_feedback_follows_joint(hw_config, robot):
     plen = SimulatedPlen(hw_config, robot, byte_time_s=0.0, time_driven=False)

@@ -12,16 +12,19 @@ simulated robot anywhere):
   joint's ``horn_offset_rad``.  Do this BEFORE the feedback sweep: the sweep takes the commanded angles as the truth,
   so a wrong horn offset would be folded into the feedback polynomial.
 - ``calibrate_plen imu``: reads the BNO055 calibration levels (sys, gyro, accel, mag; 0..3) and says what each
-  still needs, until the ones the fusion mode uses reach 3 or a timeout.
+  still needs, until the ones the fusion mode uses reach 3 or a timeout.  ``--write FILE`` then reads the chip's
+  calibration profile (offsets and radii) and saves it as ``imu.calibration_profile``, which ``PlenIO.start()``
+  writes back to the chip on every start (the driver's reset and a power-off clear it).
 
 The library functions (``fit_feedback``, ``calibrate_feedback``, ``horn_offset_step``, ``horn_offset_session``,
 ``imu_calibration_status``, ``watch_imu_calibration``, ``save_calibration``) take a started ``PlenIO`` and plain
 callables for time and keys, so they are tested against ``simbus.SimulatedPlen`` without a terminal.
 
-``save_calibration`` edits only the ``poly: [...]`` and ``horn_offset_rad:`` values of the calibrated joints in the
-YAML text (one entry per line, as the shipped file is written), keeping every other line and comment, and keeps a
-``calibrate_plen record`` comment block (date and fit error per joint); the result is checked to load with the
-strict loader before it replaces anything (atomically).
+``save_calibration`` edits only the ``poly: [...]`` and ``horn_offset_rad:`` values of the calibrated joints and the
+``imu: calibration_profile:`` value in the YAML text (one entry per line, as the shipped file is written), keeping
+every other line and comment, and keeps a ``calibrate_plen record`` comment block (date and fit error per joint,
+date and levels of the IMU profile); the result is checked to load with the strict loader before it replaces
+anything (atomically).
 
 No rospy, no torch: this runs on the Pi.
 """
@@ -41,7 +44,8 @@ import numpy as np
 import yaml
 
 from op3_walk.config import ConfigError, from_dict, resolve
-from op3_walk.hardware.plen_config import DEFAULT_PATH, PlenHardwareConfig, ServoConfig, load_hardware_config
+from op3_walk.hardware.plen_config import (DEFAULT_PATH, ImuProfileConfig, PlenHardwareConfig, ServoConfig,
+                                           load_hardware_config)
 from op3_walk.hardware.plen_io import HardwareError
 
 # ------------------------------------------------------------------------------------------------ defaults
@@ -61,6 +65,8 @@ HORN_LIMIT_RAD = 0.5            # |horn_offset_rad| the config accepts (re-seat 
 IMU_COMPONENTS = ("sys", "gyro", "accel", "mag")
 RECORD_BEGIN = "# ---- calibrate_plen record (rewritten by calibrate_plen: last calibration per joint) ----"
 RECORD_END = "# ---- end of calibrate_plen record ----"
+RECORD_KINDS = ("feedback", "horn", "imu")     # parts of a record line, in this order
+IMU_RECORD_NAME = "imu"                         # record line of the IMU profile (after the joints')
 
 EXIT_OK, EXIT_FIT, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -561,7 +567,7 @@ def _record_lines(lines: List[str]) -> Tuple[Optional[int], Optional[int], Dict[
             parts = {}
             for part in m.group(2).split(" | "):
                 kind = part.split(" ", 1)[0]
-                if kind in ("feedback", "horn"):
+                if kind in RECORD_KINDS:
                     parts[kind] = part.strip()
             record[m.group(1)] = parts
     else:
@@ -573,7 +579,7 @@ def _record_block(record: Mapping[str, Mapping[str, str]], order: Sequence[str])
     names = [j for j in order if j in record] + sorted(j for j in record if j not in order)
     lines = [RECORD_BEGIN]
     for joint in names:
-        parts = [record[joint][k] for k in ("feedback", "horn") if k in record[joint]]
+        parts = [record[joint][k] for k in RECORD_KINDS if k in record[joint]]
         lines.append("# %s: %s" % (joint, " | ".join(parts)))
     lines.append(RECORD_END)
     return lines
@@ -595,23 +601,73 @@ def _atomic_write(path: str, text: str) -> None:
         raise
 
 
+def _profile_flow(profile: ImuProfileConfig) -> str:
+    """The profile as a one-line YAML flow mapping."""
+    return ("{accel_offset: [%s], mag_offset: [%s], gyro_offset: [%s], accel_radius: %d, mag_radius: %d}"
+            % (", ".join(str(int(v)) for v in profile.accel_offset), ", ".join(str(int(v)) for v in profile.mag_offset),
+               ", ".join(str(int(v)) for v in profile.gyro_offset), int(profile.accel_radius),
+               int(profile.mag_radius)))
+
+
+def _edit_imu_profile(lines: List[str], flow: str) -> bool:
+    """Put ``calibration_profile: <flow>`` into the top-level ``imu:`` block of ``lines`` (in place): replace the
+    value of its one ``calibration_profile:`` line (keeping its comment), or add that line at the block's end.
+    False if the layout does not allow it (no ``imu:`` block, the key twice)."""
+    starts = [k for k, line in enumerate(lines) if re.match(r"imu:\s*(#.*)?$", line)]
+    if len(starts) != 1:
+        return False
+    begin = starts[0]
+    end = begin + 1     # one past the block's last line: up to the next top-level key
+    while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t" or lines[end].startswith("#")):
+        end += 1
+    while end > begin + 1 and (not lines[end - 1].strip() or lines[end - 1].startswith("#")):
+        end -= 1        # blank lines and top-level comments before the next key belong to it
+    keys = [k for k in range(begin + 1, end) if re.match(r"\s+calibration_profile:", lines[k])]
+    if len(keys) > 1:
+        return False
+    if keys:
+        m = re.match(r"(\s+calibration_profile:)\s*([^#]*?)\s*(#.*)?$", lines[keys[0]])
+        if m is None:
+            return False
+        lines[keys[0]] = "%s %s%s" % (m.group(1), flow, "  " + m.group(3) if m.group(3) else "")
+        return True
+    indents = [re.match(r"\s*", lines[k]).group(0) for k in range(begin + 1, end)
+               if lines[k].strip() and not lines[k].lstrip().startswith("#")]
+    if not indents:
+        return False
+    lines[end:end] = ["%s# calibration_profile: the BNO055's calibration profile PlenIO.start() writes to the chip; "
+                      "written by calibrate_plen imu --write" % indents[0],
+                      "%scalibration_profile: %s" % (indents[0], flow)]
+    return True
+
+
 def save_calibration(config_path_in: str, config_path_out: str,
                      fits: Optional[Mapping[str, Union[FeedbackFit, Sequence[float]]]] = None,
                      horn_offsets: Optional[Mapping[str, float]] = None,
-                     when: Optional[datetime.datetime] = None) -> str:
-    """Write ``config_path_in`` with new feedback polynomials (``fits``: {joint: FeedbackFit or coefficient list})
-    and horn offsets ({joint: rad}) to ``config_path_out`` (may be the same file); returns the path written.
+                     when: Optional[datetime.datetime] = None,
+                     imu_profile: Optional[Union[ImuProfileConfig, Sequence[int]]] = None,
+                     imu_note: str = "") -> str:
+    """Write ``config_path_in`` with new feedback polynomials (``fits``: {joint: FeedbackFit or coefficient list}),
+    horn offsets ({joint: rad}) and a BNO055 calibration profile (``imu_profile``: an ``ImuProfileConfig`` or its 11
+    register values; ``imu_note``: what the record says about it, e.g. the levels) to ``config_path_out`` (may be
+    the same file); returns the path written.
 
-    Only the ``poly: [...]`` / ``horn_offset_rad: x`` values on the joints' entry lines change, and a
-    ``calibrate_plen record`` comment block (date, fit error per joint; kept across runs) is added or updated after
-    the file's leading comments.  If the file's layout does not allow that (entries spread over several lines), it
-    is written with ``yaml.safe_dump`` under a header saying it was generated (comments lost).  Either way the
-    result must load with the strict loader (``ConfigError`` otherwise, nothing written) and is written atomically.
+    Only the ``poly: [...]`` / ``horn_offset_rad: x`` values on the joints' entry lines and the
+    ``calibration_profile:`` value of the ``imu:`` block (added at the block's end if missing) change, and a
+    ``calibrate_plen record`` comment block (date, fit error per joint, the IMU profile's date; kept across runs) is
+    added or updated after the file's leading comments.  If the file's layout does not allow that (entries spread
+    over several lines), it is written with ``yaml.safe_dump`` under a header saying it was generated (comments
+    lost).  Either way the result must load with the strict loader (``ConfigError`` otherwise, nothing written) and
+    is written atomically.
     """
     fits = dict(fits or {})
     horn_offsets = {j: float(o) for j, o in (horn_offsets or {}).items()}
-    if not fits and not horn_offsets:
-        raise ValueError("nothing to save: no feedback fits and no horn offsets")
+    if imu_profile is not None and not isinstance(imu_profile, ImuProfileConfig):
+        imu_profile = ImuProfileConfig.from_values(imu_profile)
+    elif imu_profile is not None:
+        imu_profile.validate()
+    if not fits and not horn_offsets and imu_profile is None:
+        raise ValueError("nothing to save: no feedback fits, no horn offsets, no IMU profile")
     when = when or datetime.datetime.now()
     stamp = when.strftime("%Y-%m-%d %H:%M")
     path_in = resolve(config_path_in)
@@ -637,6 +693,10 @@ def save_calibration(config_path_in: str, config_path_out: str,
         if len(entries) != 1:
             raise ValueError("joint %s has %d servo entries in %s (need exactly 1)" % (joint, len(entries), path_in))
         entries[0]["horn_offset_rad"] = float(horn_text[joint])
+    if imu_profile is not None:
+        if not isinstance(expected.get("imu"), dict):
+            expected["imu"] = {}
+        expected["imu"]["calibration_profile"] = imu_profile.to_yaml_dict()
 
     # the record comment: one line per joint, the latest of each kind
     order = [s.get("joint") for s in expected.get("servos") or [] if isinstance(s, dict)]
@@ -653,6 +713,9 @@ def save_calibration(config_path_in: str, config_path_out: str,
         record.setdefault(joint, {})["feedback"] = note
     for joint, offset in horn_offsets.items():
         record.setdefault(joint, {})["horn"] = "horn %s %+.2f deg" % (stamp, math.degrees(offset))
+    if imu_profile is not None:
+        record.setdefault(IMU_RECORD_NAME, {})["imu"] = "imu %s calibration profile%s" % (
+            stamp, " (%s)" % imu_note if imu_note else "")
     block = _record_block(record, order)
 
     # 1) edit the lines in place
@@ -673,6 +736,8 @@ def save_calibration(config_path_in: str, config_path_out: str,
             ok = False
             break
         edited[k] = re.sub(r"(\bhorn_offset_rad:\s*)" + number, lambda m: m.group(1) + value, edited[k], count=1)
+    if ok and imu_profile is not None:
+        ok = _edit_imu_profile(edited, _profile_flow(imu_profile))
     new_text = None
     if ok:
         if begin is not None:
@@ -695,7 +760,7 @@ def save_calibration(config_path_in: str, config_path_out: str,
     # 2) fallback: regenerate the whole file
     if new_text is None:
         header = ["# Generated by calibrate_plen on %s from %s." % (stamp, path_in),
-                  "# The original's comments could not be kept (its entries are not one per line); see "
+                  "# The original's comments could not be kept (its layout does not allow editing single lines); see "
                   "op3_walk.hardware.plen_config for what every key means.", ""]
         new_text = "\n".join(header + block + [""]) + "\n" + yaml.safe_dump(expected, sort_keys=False,
                                                                            default_flow_style=None, width=120)
@@ -887,15 +952,32 @@ def _cmd_imu(args, path, cfg, robot, io, plant, out) -> int:
                     break
             plant.imu.set_calibration(*levels)
         sleep = sim_sleep
-    out("IMU calibration (BNO055, %s; needs %s at 3). Note: the chip forgets it at power-off and PlenIO.start() "
-        "resets it, so it calibrates again on every start (gyro within seconds when still)"
-        % (cfg.imu.fusion_mode, ", ".join(required_imu_components(cfg.imu.fusion_mode))))
+    out("IMU calibration (BNO055, %s; needs %s at 3). The chip forgets its calibration at power-off and the "
+        "driver's reset in PlenIO.start() clears it; %s"
+        % (cfg.imu.fusion_mode, ", ".join(required_imu_components(cfg.imu.fusion_mode)),
+           "this start restored the profile stored in %s (the levels below are what the chip reports now)" % path
+           if cfg.imu.calibration_profile is not None else
+           "no profile is stored in %s: --write FILE saves one for PlenIO.start() to restore" % path))
     status = watch_imu_calibration(io, timeout_s=args.timeout, poll_s=args.poll, sleep=sleep, out=out)
-    if status.done:
-        out("calibrate_plen: IMU calibrated (%s)" % status.summary())
+    if not status.done:
+        out("calibrate_plen: IMU not calibrated after %.0f s: still needs %s%s"
+            % (args.timeout, ", ".join(status.missing), "; nothing written" if args.write else ""))
+        return EXIT_FIT
+    out("calibrate_plen: IMU calibrated (%s)" % status.summary())
+    if not args.write:
+        out("calibrate_plen: calibration profile not saved (use --write FILE, e.g. --write %s)" % path)
         return EXIT_OK
-    out("calibrate_plen: IMU not calibrated after %.0f s: still needs %s" % (args.timeout, ", ".join(status.missing)))
-    return EXIT_FIT
+    profile = io.read_imu_profile()
+    note = "%s, levels sys/gyro/accel/mag %s" % (cfg.imu.fusion_mode,
+                                                 "/".join(str(status.levels[c]) for c in IMU_COMPONENTS))
+    written = save_calibration(path, args.write, imu_profile=profile, imu_note=note)
+    out("calibrate_plen: wrote the BNO055 calibration profile %s to %s%s; PlenIO.start() restores it on every start"
+        % (_profile_flow(profile), written, " (SIMULATED values)" if plant is not None else ""))
+    if "mag" not in required_imu_components(cfg.imu.fusion_mode):
+        out("calibrate_plen: note: %s does not calibrate the magnetometer: the profile's magnetometer part is what the "
+            "chip held (zero after a reset, unless restored); calibrate again with --write after switching to NDOF"
+            % cfg.imu.fusion_mode)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -944,6 +1026,10 @@ def build_parser() -> argparse.ArgumentParser:
     imu.add_argument("--timeout", type=float, default=120.0, help="give up after this long, s (default: %(default)s)")
     imu.add_argument("--poll", type=float, default=0.5, help="read the status every this many s (default: "
                                                               "%(default)s)")
+    imu.add_argument("--write", default="", metavar="FILE",
+                     help="once calibrated, read the chip's calibration profile and write the config with it as "
+                          "imu.calibration_profile to FILE (may be the --config file itself); PlenIO.start() then "
+                          "restores it on every start")
     return parser
 
 

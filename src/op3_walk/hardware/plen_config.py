@@ -21,7 +21,8 @@ Quaternions in this package are (x, y, z, w) unless a name says ``wxyz``; the he
 """
 import dataclasses
 import math
-from typing import Dict, List, Sequence, Tuple
+import struct
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,6 +42,11 @@ PCA9685_CHANNELS = 16
 #: BNO055 fusion modes PlenIO may select (names of the Adafruit driver constants without ``_MODE``).
 BNO055_FUSION_MODES = ("IMUPLUS", "NDOF", "NDOF_FMC_OFF")
 PULSE_LIMITS_US = (400.0, 3000.0)   # what any hobby servo could accept; configured ranges must lie inside
+#: BNO055 calibration profile: the 22 bytes at 0x55..0x6A, 11 little-endian int16 in this order.
+BNO055_PROFILE_REGISTER = 0x55
+BNO055_PROFILE_FORMAT = "<11h"
+BNO055_PROFILE_BYTES = 22
+INT16_RANGE = (-32768, 32767)
 
 
 @dataclasses.dataclass
@@ -54,7 +60,8 @@ class BusConfig:
                                         "(used for the per-tick budget; measure it with make bench-hardware)", 1e-4)
     io_timeout_s: float = doc("limit for one per-tick call (write_targets, read_joints, read_imu, read_voltage, "
                               "write_pulse_us, relax), s; past it the call raises HardwareError", 0.1)
-    start_timeout_s: float = doc("limit for start() (the BNO055 driver alone sleeps ~0.77 s) and read_all_joints, s",
+    start_timeout_s: float = doc("limit for start() (the BNO055 driver alone sleeps ~0.77 s; writing and verifying "
+                                 "an imu.calibration_profile adds ~0.45 s), read_all_joints and read_imu_profile, s",
                                  5.0)
     max_utilisation: float = doc("share of the control period the estimated per-tick I2C traffic may take (0..1]",
                                  0.8)
@@ -210,6 +217,67 @@ class FeedbackConfig:
 
 
 @dataclasses.dataclass
+class ImuProfileConfig:
+    """A BNO055 calibration profile: the sensor offsets and radii the chip's own calibration found (registers
+    0x55..0x6A, read in CONFIG mode), restored by ``PlenIO.start()`` so the chip need not calibrate from scratch.
+
+    Raw int16 register values, in the units the chip had when they were read: the Adafruit driver leaves UNIT_SEL at
+    its power-on value (m/s^2, dps) and sets the accelerometer to 4 g on every start, so accelerometer offsets are in
+    0.01 m/s^2, magnetometer offsets in 1/16 uT, gyroscope offsets in 1/16 dps; the radii in LSB.  A profile is only
+    meaningful for the chip (and mounting) it was read from.
+    """
+
+    accel_offset: List[int] = doc("accelerometer offsets x, y, z (ACC_OFFSET 0x55..0x5A)")
+    mag_offset: List[int] = doc("magnetometer offsets x, y, z (MAG_OFFSET 0x5B..0x60)")
+    gyro_offset: List[int] = doc("gyroscope offsets x, y, z (GYR_OFFSET 0x61..0x66)")
+    accel_radius: int = doc("accelerometer radius (ACC_RADIUS 0x67..0x68)")
+    mag_radius: int = doc("magnetometer radius (MAG_RADIUS 0x69..0x6A)")
+
+    def validate(self) -> None:
+        for name in ("accel_offset", "mag_offset", "gyro_offset"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError("BNO055 calibration profile: %s needs 3 integers (x, y, z), got %d"
+                                 % (name, len(getattr(self, name))))
+        lo, hi = INT16_RANGE
+        bad = [v for v in self.values() if not lo <= v <= hi]
+        if bad:
+            raise ValueError("BNO055 calibration profile: %s outside the int16 range %d..%d of its registers"
+                             % (", ".join(str(v) for v in bad), lo, hi))
+
+    def values(self) -> Tuple[int, ...]:
+        """The 11 register values in register order (accel xyz, mag xyz, gyro xyz, accel radius, mag radius)."""
+        return tuple(int(v) for v in list(self.accel_offset) + list(self.mag_offset) + list(self.gyro_offset)
+                     + [self.accel_radius, self.mag_radius])
+
+    @classmethod
+    def from_values(cls, values: Sequence[int]) -> "ImuProfileConfig":
+        """From the 11 register values in register order; ValueError on a wrong count or range."""
+        v = [int(x) for x in values]
+        if len(v) != 11:
+            raise ValueError("a BNO055 calibration profile has 11 values, got %d" % len(v))
+        profile = cls(accel_offset=v[0:3], mag_offset=v[3:6], gyro_offset=v[6:9], accel_radius=v[9],
+                      mag_radius=v[10])
+        profile.validate()
+        return profile
+
+    def to_bytes(self) -> bytes:
+        """The 22 register bytes 0x55..0x6A as the chip stores them (little-endian int16)."""
+        return struct.pack(BNO055_PROFILE_FORMAT, *self.values())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ImuProfileConfig":
+        if len(data) != BNO055_PROFILE_BYTES:
+            raise ValueError("a BNO055 calibration profile is %d bytes, got %d" % (BNO055_PROFILE_BYTES, len(data)))
+        return cls.from_values(struct.unpack(BNO055_PROFILE_FORMAT, bytes(data)))
+
+    def to_yaml_dict(self) -> Dict[str, object]:
+        """Plain data for the YAML file (key order as the fields)."""
+        return {"accel_offset": [int(v) for v in self.accel_offset], "mag_offset": [int(v) for v in self.mag_offset],
+                "gyro_offset": [int(v) for v in self.gyro_offset], "accel_radius": int(self.accel_radius),
+                "mag_radius": int(self.mag_radius)}
+
+
+@dataclasses.dataclass
 class ImuConfig:
     """The BNO055 IMU."""
 
@@ -220,6 +288,10 @@ class ImuConfig:
     fusion_mode: str = doc("BNO055 fusion mode: IMUPLUS (gyro + accelerometer: no magnetometer, immune to the "
                            "servos' magnetic fields, yaw drifts slowly), NDOF or NDOF_FMC_OFF (absolute yaw from "
                            "the magnetometer)", "IMUPLUS")
+    calibration_profile: Optional[ImuProfileConfig] = doc(
+        "BNO055 calibration profile written to the chip at every start (after the driver's reset, in CONFIG mode) "
+        "and verified by reading it back; written by calibrate_plen imu --write; null: none, the chip calibrates "
+        "from scratch after every start", None)
 
     def validate(self) -> None:
         if self.address not in (0x28, 0x29):

@@ -2,8 +2,13 @@
 
 Chips: a PCA9685 (servo pulses, ``adafruit_pca9685`` channel duty cycles), ADS1115s (potentiometer voltages,
 ``adafruit_ads1x15`` ``AnalogIn(...).voltage``), a BNO055 (``adafruit_bno055.BNO055_I2C``: ``quaternion``, ``gyro``,
-``acceleration``, ``calibration_status``), all on the ``i2c`` object given (``busio.I2C`` on the robot, a
-``simbus.SimulatedI2CBus`` elsewhere).
+``acceleration``, ``calibration_status``; the calibration profile through ``offsets_*`` and ``radius_*``), all on
+the ``i2c`` object given (``busio.I2C`` on the robot, a ``simbus.SimulatedI2CBus`` elsewhere).
+
+BNO055 calibration: the driver resets the chip when it is built, which clears the calibration profile (sensor
+offsets and radii; the chip also forgets it at power-off).  With ``imu.calibration_profile`` configured, ``start``
+writes it back right after the reset (CONFIG mode, then the fusion mode) and reads it back: a mismatch is a
+``HardwareError``.  ``read_imu_profile`` reads the chip's current profile (``calibrate_plen imu --write`` saves it).
 
 Threading: ALL I2C traffic runs on one I/O thread owned by PlenIO (the drivers share a module-level buffer, so two
 threads must never talk at once).  Every public call hands its work to that thread and waits at most the configured
@@ -32,12 +37,20 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from op3_walk.config import ConfigError
-from op3_walk.hardware.plen_config import PlenHardwareConfig, quat_conjugate, quat_matrix, quat_multiply
+from op3_walk.hardware.plen_config import (ImuProfileConfig, PlenHardwareConfig, quat_conjugate, quat_matrix,
+                                           quat_multiply)
 
 LOG = logging.getLogger(__name__)
 
 _ALL_LED_OFF_H = 0xFD       # PCA9685: writes every channel's LEDn_OFF_H; 0x10 = full off
 _PCA9685_CHANNELS = 16
+#: the BNO055 calibration profile as the Adafruit driver's properties, register order: (name, property, values)
+_BNO055_PROFILE_PROPERTIES = (("accelerometer offsets", "offsets_accelerometer", 3),
+                              ("magnetometer offsets", "offsets_magnetometer", 3),
+                              ("gyroscope offsets", "offsets_gyroscope", 3),
+                              ("accelerometer radius", "radius_accelerometer", 1),
+                              ("magnetometer radius", "radius_magnetometer", 1))
+_FUSED_WITHIN_S = 1.0       # a BNO055 entering a fusion mode must give a quaternion within this, s
 
 
 class HardwareError(RuntimeError):
@@ -199,7 +212,8 @@ class PlenIO:
     # ============================================================================================ public API
     def start(self) -> None:
         """Build the drivers on the I/O thread, set the PWM frequency with every output OFF (servos limp until the
-        first command), configure the ADCs and the IMU, and read every feedback channel once."""
+        first command), configure the ADCs and the IMU (restoring ``imu.calibration_profile`` if one is configured,
+        verified by reading it back), and read every feedback channel once."""
         with self._state_lock:
             if self._state != "new":
                 raise HardwareError("PlenIO.start(): already %s" % self._state)
@@ -268,6 +282,14 @@ class PlenIO:
     def read_imu(self) -> ImuReading:
         """Orientation, angular velocity, specific force (incl. gravity) and calibration, torso frame (REP 103)."""
         return self._call(self._imu_job, self.config.bus.io_timeout_s, "reading the IMU")
+
+    def read_imu_profile(self) -> ImuProfileConfig:
+        """The BNO055's calibration profile now: the offsets and radii its calibration routine has reached (what
+        ``imu.calibration_profile`` stores; ``calibrate_plen imu --write``).  Slow (~0.3 s, limit
+        ``bus.start_timeout_s``): the chip must be in CONFIG mode to read it, so it stops fusing meanwhile and this
+        waits for the first fused orientation after it returns to the fusion mode."""
+        return self._call(self._read_profile_job, self.config.bus.start_timeout_s,
+                          "reading the IMU calibration profile")
 
     def read_voltage(self, joint: str) -> float:
         """One feedback channel's voltage now, V (calibration tool)."""
@@ -481,19 +503,68 @@ class PlenIO:
             adcs[address] = ADS1115(self._bus, gain=cfg.adc.gain, data_rate=cfg.adc.data_rate_sps, address=address)
         self._ains = [AnalogIn(adcs[fb.address], fb.channel) for fb in self._feedback]
         self._at("BNO055", cfg.imu.address, "resetting and configuring the IMU")
-        imu = adafruit_bno055.BNO055_I2C(self._bus, address=cfg.imu.address)
-        imu.mode = getattr(adafruit_bno055, cfg.imu.fusion_mode + "_MODE")
+        imu = adafruit_bno055.BNO055_I2C(self._bus, address=cfg.imu.address)   # resets: the profile is now zero
         self._imu = imu
-        self._at("BNO055", cfg.imu.address, "waiting for the first fused orientation")
-        deadline = time.monotonic() + 1.0
-        while True:
-            quat = imu.quaternion
-            if quat[0] is not None and sum(c * c for c in quat) > 0.25:
-                break
-            if time.monotonic() > deadline:
-                raise self._step.error("no fused orientation 1 s after start (quaternion %s)" % (quat,))
-            time.sleep(0.01)
+        if cfg.imu.calibration_profile is not None:
+            self._write_profile(cfg.imu.calibration_profile)
+        self._enter_fusion_mode()
         self._read_feedback_job(list(range(len(self._feedback))))
+
+    def _enter_fusion_mode(self) -> None:
+        """Select the configured fusion mode and wait for its first fused orientation."""
+        import adafruit_bno055
+        address = self.config.imu.address
+        mode = self.config.imu.fusion_mode
+        self._at("BNO055", address, "selecting the %s fusion mode" % mode)
+        self._imu.mode = getattr(adafruit_bno055, mode + "_MODE")
+        self._at("BNO055", address, "waiting for the first fused orientation")
+        deadline = time.monotonic() + _FUSED_WITHIN_S
+        while True:
+            quat = self._imu.quaternion
+            if quat[0] is not None and sum(c * c for c in quat) > 0.25:
+                return
+            if time.monotonic() > deadline:
+                raise self._step.error("no fused orientation %g s after selecting %s (quaternion %s)"
+                                       % (_FUSED_WITHIN_S, mode, quat))
+            time.sleep(0.01)
+
+    def _read_profile_values(self) -> Tuple[int, ...]:
+        """The 11 profile values through the driver (each property read also selects CONFIG mode and restores the
+        mode it found, so call this in CONFIG mode to stay there)."""
+        values = []     # type: List[int]
+        for name, prop, count in _BNO055_PROFILE_PROPERTIES:
+            self._at("BNO055", self.config.imu.address, "reading the calibration profile (%s)" % name)
+            got = getattr(self._imu, prop)
+            values.extend(int(v) for v in (got if count > 1 else (got,)))
+        return tuple(values)
+
+    def _write_profile(self, profile: ImuProfileConfig) -> None:
+        """Write ``profile`` in CONFIG mode (the only mode the chip takes it in) and read it back; the caller then
+        selects the fusion mode."""
+        import adafruit_bno055
+        address = self.config.imu.address
+        self._at("BNO055", address, "selecting CONFIG mode to write the calibration profile")
+        self._imu.mode = adafruit_bno055.CONFIG_MODE
+        values = profile.values()
+        at = 0
+        for name, prop, count in _BNO055_PROFILE_PROPERTIES:
+            self._at("BNO055", address, "writing the calibration profile (%s)" % name)
+            part = tuple(values[at:at + count])
+            setattr(self._imu, prop, part if count > 1 else part[0])   # the driver wants a tuple or an int
+            at += count
+        back = self._read_profile_values()
+        if back != values:
+            self._at("BNO055", address, "verifying the calibration profile")
+            raise self._step.error("the calibration profile did not stick: wrote %s, read back %s (the chip takes "
+                                   "it only in CONFIG mode)" % (list(values), list(back)))
+
+    def _read_profile_job(self) -> ImuProfileConfig:
+        import adafruit_bno055
+        self._at("BNO055", self.config.imu.address, "selecting CONFIG mode to read the calibration profile")
+        self._imu.mode = adafruit_bno055.CONFIG_MODE
+        values = self._read_profile_values()
+        self._enter_fusion_mode()
+        return ImuProfileConfig.from_values(values)
 
     def _relax_job(self) -> None:
         address = self.config.pwm.address

@@ -28,7 +28,7 @@ import math
 import struct
 import threading
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -564,9 +564,25 @@ class BNO055Sim(SimDevice):
     uT x16, GYR dps x16 or rad/s x900, EUL heading/roll/pitch deg x16 or rad x900, QUA w,x,y,z x2^14, LIA and GRV like
     ACC), TEMP 0x34 (int8 deg C), CALIB_STAT 0x35, ST_RESULT 0x36, SYS_STATUS 0x39, SYS_ERR 0x3A, UNIT_SEL 0x3B,
     OPR_MODE 0x3D, PWR_MODE 0x3E, SYS_TRIGGER 0x3F (bit 5: reset -> power-on registers, no ACK for ``reset_time_s``),
-    AXIS_MAP 0x41/0x42, offsets 0x55..0x6A.  Page 1: ACC_Config 0x08, MAG_Config 0x09, GYR_Config_0/1 0x0A/0x0B.
+    AXIS_MAP 0x41/0x42, calibration profile 0x55..0x6A (below).  Page 1: ACC_Config 0x08, MAG_Config 0x09,
+    GYR_Config_0/1 0x0A/0x0B.
     Configuration registers only take writes in CONFIG mode, as on the chip.  CONFIG mode outputs zeros; non-fusion
     modes output zeros in the fusion registers (QUA, EUL, LIA, GRV).
+
+    Calibration profile (0x55..0x6A: ACC_OFFSET x, y, z, MAG_OFFSET x, y, z, GYR_OFFSET x, y, z, ACC_RADIUS,
+    MAG_RADIUS; 11 int16, little-endian, LSB first): zero after power-on and after a reset; written only in CONFIG
+    mode (other writes are ignored, so a write the mode switch did not precede shows up as a read-back mismatch);
+    read back as stored in any mode (the data sheet says to read it in CONFIG mode; outside it the chip's behaviour
+    is not specified).  ``profile()`` returns the 11 values.  The chip's own calibration routine overwrites a sensor's
+    part of the profile when it has calibrated that sensor; modelled as: when ``set_calibration`` raises the gyro,
+    accel or mag level to 3 while a fusion mode using that sensor runs, that sensor's offsets (and radius) become
+    its part of ``learned_profile`` (what this simulated chip "finds"; IMUPLUS never touches the magnetometer part).
+
+    ``calibration`` (the CALIB_STAT levels) is a test input: it survives a reset and does NOT change when a profile
+    is written.  Bosch's data sheet (reuse of the calibration profile) only says the orientation is right
+    right after a restored profile; it does not say CALIB_STAT reports 3, and users report the levels (sys and mag
+    above all) staying low until the chip has seen some motion.  So nothing here lets a restored profile pass for a
+    calibrated status; tests set the levels they want.
 
     The state is in the SENSOR frame: ``set_state(quaternion_wxyz, gyro_rad_s, accel_m_s2)``, with the quaternion
     rotating sensor-frame vectors into the world frame and the acceleration the specific force incl. gravity.
@@ -582,10 +598,17 @@ class BNO055Sim(SimDevice):
     GYR_MODES = (0x03, 0x05, 0x06, 0x07, 0x08, 0x0B, 0x0C)
     MAG_MODES = (0x02, 0x04, 0x06, 0x07, 0x09, 0x0A, 0x0B, 0x0C)
     _CONFIG_ONLY_P0 = tuple([0x3B, 0x40, 0x41, 0x42] + list(range(0x55, 0x6B)))
+    PROFILE, PROFILE_BYTES = 0x55, 22
+    #: register value index ranges of each sensor's part of the profile (11 int16 values, register order)
+    _PROFILE_PARTS = {"accel": (0, 1, 2, 9), "mag": (3, 4, 5, 10), "gyro": (6, 7, 8)}
+    #: plausible values a real chip's calibration reaches (accel 0.01 m/s^2, mag 1/16 uT, gyro 1/16 dps, radii LSB)
+    DEFAULT_LEARNED_PROFILE = (-21, 13, -30, -183, 96, 411, -2, 1, 0, 1000, 711)
 
-    def __init__(self, address: int = 0x28, reset_time_s: float = 0.65):
+    def __init__(self, address: int = 0x28, reset_time_s: float = 0.65,
+                 learned_profile: Sequence[int] = DEFAULT_LEARNED_PROFILE):
         super().__init__(address)
         self.reset_time_s = float(reset_time_s)
+        self.learned_profile = self._check_profile(learned_profile)
         self._ready_at = -math.inf
         self.quaternion_wxyz = np.array([1.0, 0.0, 0.0, 0.0])
         self.gyro = np.zeros(3)
@@ -623,12 +646,36 @@ class BNO055Sim(SimDevice):
             self.accel = self.gravity_sensor() if accel_m_s2 is None else np.asarray(accel_m_s2, np.float64).copy()
 
     def set_calibration(self, sys: int, gyro: int, accel: int, mag: int) -> None:
-        """Calibration levels 0..3 reported in CALIB_STAT."""
+        """Calibration levels 0..3 reported in CALIB_STAT.  A sensor reaching 3 in a fusion mode that uses it gets
+        its part of ``learned_profile`` in the profile registers (the chip's routine found its offsets)."""
         for v in (sys, gyro, accel, mag):
             if not 0 <= v <= 3:
                 raise ValueError("calibration levels are 0..3")
         with self.lock:
+            mode = self.mode
+            old = dict(zip(("sys", "gyro", "accel", "mag"), self.calibration))
+            new = {"gyro": gyro, "accel": accel, "mag": mag}
+            uses = {"gyro": self.GYR_MODES, "accel": self.ACC_MODES, "mag": self.MAG_MODES}
+            if mode in self.FUSION_MODES:
+                values = list(self.profile())
+                for sensor, level in new.items():
+                    if level == 3 and old[sensor] < 3 and mode in uses[sensor]:
+                        for k in self._PROFILE_PARTS[sensor]:
+                            values[k] = self.learned_profile[k]
+                self.p0[self.PROFILE:self.PROFILE + self.PROFILE_BYTES] = struct.pack("<11h", *values)
             self.calibration = (sys, gyro, accel, mag)
+
+    def profile(self) -> Tuple[int, ...]:
+        """The calibration profile registers 0x55..0x6A as 11 int16 (accel xyz, mag xyz, gyro xyz, radii)."""
+        with self.lock:
+            return struct.unpack("<11h", bytes(self.p0[self.PROFILE:self.PROFILE + self.PROFILE_BYTES]))
+
+    @staticmethod
+    def _check_profile(values: Sequence[int]) -> Tuple[int, ...]:
+        out = tuple(int(v) for v in values)
+        if len(out) != 11 or not all(-32768 <= v <= 32767 for v in out):
+            raise ValueError("a BNO055 calibration profile is 11 int16 values, got %r" % (values,))
+        return out
 
     def set_temperature(self, celsius: float) -> None:
         with self.lock:
