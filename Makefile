@@ -1,6 +1,6 @@
 # op3_walk — the two commands that matter:
 #   make demo   a short headless training session through ROS on PyBullet (outputs in out/demo)
-#   make test   unit + integration tests (real roscore, real nodes)
+#   make test   unit + hardware (real drivers, simulated chips) + integration tests (real roscore, real nodes)
 # Both run `make setup` first, which installs what is missing and skips what is done.
 
 SHELL := /bin/bash
@@ -21,11 +21,11 @@ BIPEDAL_STEPS ?= 1000000
 BIPEDAL_SEEDS ?= 0
 BIPEDAL_ARGS ?= --no-sb3
 
-.PHONY: help setup demo test test-unit test-hardware test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros
+.PHONY: help setup demo test test-unit test-hardware test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros bench-hardware
 
 help:
 	@echo "make demo              short headless TD3 training through ROS on PyBullet (DEMO_STEPS=$(DEMO_STEPS), DEMO_OUT=$(DEMO_OUT))"
-	@echo "make test              unit + integration tests"
+	@echo "make test              unit + hardware (simulated chips) + integration tests"
 	@echo "make test-unit         tests/unit only (no ROS master)"
 	@echo "make test-hardware     tests/hardware only (real Adafruit drivers on the simulated I2C bus)"
 	@echo "make test-integration  tests/integration only (starts its own roscore)"
@@ -35,6 +35,9 @@ help:
 	@echo "                       BENCH_ALGOS=$(BENCH_ALGOS) BENCH_SEEDS=$(BENCH_SEEDS)); writes docs/benchmarks.md"
 	@echo "make bench-ros         ROS lockstep / in-process env steps/s, round-trip latency, 1/2/4 actors (~3 min;"
 	@echo "                       BENCH_ROS_ARGS=...); writes docs/benchmarks.md"
+	@echo "make bench-hardware    PLEN control loop at 50 Hz on the simulated I2C bus: tick period, jitter, I2C time vs"
+	@echo "                       the config's estimate, 100 kHz and reads_per_tick rows (~2.5 min; torch-free;"
+	@echo "                       BENCH_HARDWARE_ARGS=...); writes docs/benchmarks.md"
 	@echo "make bench-bipedal     TD3 on BipedalWalker-v3, BIPEDAL_STEPS=$(BIPEDAL_STEPS) (hours; ours only unless"
 	@echo "                       BIPEDAL_ARGS= is given)"
 	@echo "make clean             remove out/; make distclean also removes .venv, .ws and stamps"
@@ -75,6 +78,9 @@ bench-agents: bench-setup
 
 bench-ros: setup
 	@$(WITH_ENV) python tools/bench_ros.py $(BENCH_ROS_ARGS)
+
+bench-hardware: setup
+	@$(WITH_ENV) python tools/bench_hardware.py $(BENCH_HARDWARE_ARGS)
 
 bench-bipedal: bench-setup
 	@$(WITH_ENV) python tools/bench_agents.py --bipedal --steps $(BIPEDAL_STEPS) --seeds $(BIPEDAL_SEEDS) $(BIPEDAL_ARGS)
