@@ -13,7 +13,7 @@ import xmlrpc.client
 import numpy as np
 import pytest
 
-from conftest import ROOT, Proc, wait_until
+from ros_harness import ROOT, Proc, wait_until
 
 STEPS = 300
 REPLAY_BAG = os.path.join(ROOT, "scripts", "replay_bag")
@@ -106,14 +106,18 @@ def test_render_draws_one_frame_per_recorded_state_in_recorded_time(recorded, tm
         for i in range(im.n_frames):
             im.seek(i)
             durations.append(im.info["duration"])
-    # Played back in recorded time: PLEN's states are 1/60 s apart (GIF durations are whole 10 ms).
-    assert sum(durations) == pytest.approx(1000.0 * states / 60.0, abs=20)
-    # The default stride keeps GIF frames >= 20 ms: every 2nd state at 60 Hz.
+    # Played back in recorded time: PLEN's states are one control period apart (GIF durations are whole 10 ms).
+    from op3_walk.robots import load_robot
+    from op3_walk.ros.bag_tools import default_stride
+    rate = load_robot("plen").control_rate_hz
+    assert sum(durations) == pytest.approx(1000.0 * states / rate, abs=20)
+    # The default stride keeps GIF frames >= 20 ms (every state at PLEN's 50 Hz; every 2nd at 60 Hz).
+    assert default_stride(50.0, True) == 1 and default_stride(60.0, True) == 2
     result = replay_bag("render", recorded["bag"], "--episode", episode["episode"], "--out", tmp_path / "default.gif",
                         "--width", 96, "--height", 72)
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "default.gif") as im:
-        assert im.n_frames == math.ceil(states / 2)
+        assert im.n_frames == math.ceil(states / default_stride(rate, True))
     frames = tmp_path / "frames"
     result = replay_bag("render", recorded["bag"], "--episode", episode["episode"], "--frames", frames,
                         "--width", 64, "--height", 48)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import wait_until
+from ros_harness import wait_until
 
 
 @pytest.fixture

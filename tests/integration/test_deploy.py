@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import children_of, wait_until
+from ros_harness import children_of, wait_until
 
 LAUNCH_TIMEOUT = 180.0   # s; two 600-step PLEN episodes take a few seconds of lockstep
 

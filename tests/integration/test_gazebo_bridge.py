@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import Proc, wait_until
+from ros_harness import Proc, wait_until
 
 
 @pytest.fixture(scope="module")

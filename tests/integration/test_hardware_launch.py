@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import wait_until
+from ros_harness import wait_until
 from test_deploy import deploy_args, policies  # noqa: F401  (the module-scoped fixture of exported policies)
 from test_ros_suite import Diagnostics, train_launch
 

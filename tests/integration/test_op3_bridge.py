@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import Proc, wait_until
+from ros_harness import Proc, wait_until
 
 PRESENT = "/robotis/present_joint_states"
 DIRECT = "/robotis/direct_control/set_joint_states"

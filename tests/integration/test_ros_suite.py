@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from conftest import ROOT, wait_until
+from ros_harness import ROOT, wait_until
 
 
 class Diagnostics:

@@ -4,7 +4,7 @@ import csv
 import os
 import subprocess
 
-from conftest import ROOT, wait_until
+from ros_harness import ROOT, wait_until
 
 STEPS = 600
 
