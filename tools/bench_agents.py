@@ -223,8 +223,8 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ the harness
-def machine() -> Dict[str, str]:
-    import torch
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one); shared by every benchmark tool."""
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as fh:
@@ -233,6 +233,12 @@ def machine() -> Dict[str, str]:
             cpu = names[0]
     except OSError:
         pass
+    return cpu
+
+
+def machine() -> Dict[str, str]:
+    import torch
+    cpu = cpu_model()
     try:
         import stable_baselines3
         sb3_version = stable_baselines3.__version__

@@ -340,14 +340,8 @@ def q(values: Any, scale: float = 1e3, fmt: str = "%.2f", parts: Sequence[str] =
 
 
 def machine() -> Dict[str, str]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
+    from bench_agents import cpu_model   # (imports no torch)
+    cpu = cpu_model()
     return {"cpu": cpu, "cores": str(os.cpu_count() or 0), "os": "%s %s" % (platform.system(), platform.release()),
             "python": platform.python_version(), "numpy": np.__version__,
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}

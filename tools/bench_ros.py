@@ -213,7 +213,6 @@ def measure(args: argparse.Namespace, actor_counts: List[int], tmp: str) -> int:
     import torch
     from op3_walk.envs.walk_env import WalkEnv, load_task
     from op3_walk.robots import load_robot
-    from op3_walk.training.session import build_agent
     robot_cfg, task_cfg = load_robot(args.robot), load_task(args.task)
     agent_yaml = td3_config(tmp, args.learning_starts)
     rows: Dict[str, Dict[str, Any]] = {}
@@ -268,13 +267,8 @@ def train_runs(args: argparse.Namespace, row: Dict[str, Any], envs: List[Any], o
 
 
 def report(args: argparse.Namespace, rows: Dict[str, Dict[str, Any]], threads: int) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    from bench_agents import cpu_model
+    cpu = cpu_model()
     load = " ".join("%.2f" % x for x in os.getloadavg())
     base = rows["in-process"]
     lines = [SECTION, "",

@@ -30,9 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from op3_walk.backends.base import Backend, RobotState, clamp_targets, quat_to_matrix
-from op3_walk.config import ConfigError
 from op3_walk.hardware.plen_config import load_hardware_config
-from op3_walk.hardware.plen_io import HardwareError, ImuReading, JointReading, PlenIO
+from op3_walk.hardware.plen_io import HardwareError, ImuReading, JointReading, PlenIO, open_plen_io
 from op3_walk.robots.description import RobotConfig
 from op3_walk.robots.kinematics import GroundEstimator
 
@@ -200,26 +199,5 @@ def open_plen_backend(robot: RobotConfig, config: str = "plen", bus: str = "boar
     that does not answer."""
     path = config if (config.endswith(".yaml") or "/" in config) else "hardware/%s.yaml" % config
     cfg = load_hardware_config(path, overrides)
-    plant = None
-    if bus == "sim":
-        from op3_walk.hardware.simbus import SimulatedPlen
-        plant = SimulatedPlen(cfg, robot, **plant_options)
-        i2c = plant.bus
-    elif bus == "board":
-        try:
-            import board   # Adafruit Blinka
-            i2c = board.I2C()
-        except Exception as exc:  # not a Pi, I2C disabled, Blinka missing: say which
-            raise ConfigError("cannot open the I2C bus through Adafruit Blinka (board.I2C()): %s: %s. On the "
-                              "robot's Raspberry Pi enable I2C (raspi-config) and check %s; elsewhere use "
-                              "hardware/i2c: sim for a simulated robot" % (type(exc).__name__, exc,
-                                                                         cfg.bus.device)) from exc
-    else:
-        raise ConfigError("bus must be board or sim, got %r" % bus)
-    io = PlenIO(cfg, robot, i2c)
-    try:
-        io.start()
-    except BaseException:
-        io.close()
-        raise
+    io, plant = open_plen_io(cfg, robot, bus, "hardware/i2c: sim for a simulated robot", **plant_options)
     return PlenHardwareBackend(robot, io, plant=plant)

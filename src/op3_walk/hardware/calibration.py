@@ -813,36 +813,21 @@ def _sim_curves(config: PlenHardwareConfig, seed: int) -> Dict[str, Callable[[fl
 
 def _open(args: argparse.Namespace, out: Callable[[str], None]):
     """Config, robot, PlenIO (started) and the simulated plant (None on the board)."""
-    from op3_walk.hardware.plen_io import PlenIO
+    from op3_walk.hardware.plen_io import open_plen_io
     from op3_walk.robots.description import load_robot
     path = _config_path(args.config)
     cfg = load_hardware_config(path)
     robot = load_robot(cfg.robot)
-    plant = None
+    options: Dict[str, Any] = {}
     if args.bus == "sim":
-        from op3_walk.hardware.simbus import SimulatedPlen
         out("calibrate_plen: SIMULATED robot (--bus sim): a dry run, no hardware is touched; the simulated "
             "potentiometers deviate from %s (seed %d)" % (path, args.sim_seed))
-        plant = SimulatedPlen(cfg, robot, true_curves=_sim_curves(cfg, args.sim_seed), adc_noise_v=0.0005,
-                              seed=args.sim_seed, byte_time_s=args.sim_byte_time_s)
-        i2c = plant.bus
-    else:
-        try:
-            import board    # Adafruit Blinka
-            i2c = board.I2C()
-        except Exception as exc:    # not a Pi, I2C disabled, Blinka missing: say which
-            raise ConfigError("cannot open the I2C bus through Adafruit Blinka (board.I2C()): %s: %s. On the "
-                              "robot's Raspberry Pi enable I2C (raspi-config) and check %s; elsewhere use --bus sim "
-                              "for a dry run" % (type(exc).__name__, exc, cfg.bus.device)) from exc
-        if cfg.bus.device != "/dev/i2c-1":
-            out("calibrate_plen: warning: board.I2C() opens the header bus /dev/i2c-1, the config says %s"
-                % cfg.bus.device)
-    io = PlenIO(cfg, robot, i2c)
-    try:
-        io.start()
-    except BaseException:
-        io.close()
-        raise
+        options = dict(true_curves=_sim_curves(cfg, args.sim_seed), adc_noise_v=0.0005, seed=args.sim_seed,
+                       byte_time_s=args.sim_byte_time_s)
+    elif cfg.bus.device != "/dev/i2c-1":
+        out("calibrate_plen: warning: board.I2C() opens the header bus /dev/i2c-1, the config says %s"
+            % cfg.bus.device)
+    io, plant = open_plen_io(cfg, robot, args.bus, "--bus sim for a dry run", **options)
     return path, cfg, robot, io, plant
 
 

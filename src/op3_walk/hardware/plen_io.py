@@ -620,3 +620,35 @@ class PlenIO:
                           angular_velocity=self._mounting_matrix @ np.asarray(gyro, dtype=np.float64),
                           linear_acceleration=self._mounting_matrix @ np.asarray(accel, dtype=np.float64),
                           calibration=calibration, time=stamp)
+
+
+def open_plen_io(config: PlenHardwareConfig, robot: Any, bus: str, sim_hint: str,
+                 **plant_options: Any) -> Tuple["PlenIO", Any]:
+    """A started ``PlenIO`` and the simulated plant behind it (None on the robot).
+
+    ``bus``: ``board`` (the Raspberry Pi's I2C through Adafruit Blinka, ``board.I2C()``) or ``sim`` (a
+    ``simbus.SimulatedPlen`` built with ``plant_options``).  ConfigError when the board's bus cannot be opened
+    (``sim_hint`` tells the user how to ask for the simulated one), HardwareError when a chip does not answer.
+    """
+    plant = None
+    if bus == "sim":
+        from op3_walk.hardware.simbus import SimulatedPlen
+        plant = SimulatedPlen(config, robot, **plant_options)
+        i2c = plant.bus
+    elif bus == "board":
+        try:
+            import board    # Adafruit Blinka
+            i2c = board.I2C()
+        except Exception as exc:  # not a Pi, I2C disabled, Blinka missing: say which
+            raise ConfigError("cannot open the I2C bus through Adafruit Blinka (board.I2C()): %s: %s. On the "
+                              "robot's Raspberry Pi enable I2C (raspi-config) and check %s; elsewhere use %s"
+                              % (type(exc).__name__, exc, config.bus.device, sim_hint)) from exc
+    else:
+        raise ConfigError("bus must be board or sim, got %r" % bus)
+    io = PlenIO(config, robot, i2c)
+    try:
+        io.start()
+    except BaseException:
+        io.close()
+        raise
+    return io, plant
