@@ -322,3 +322,16 @@ def test_update_stats_and_fused_default():
     assert agent.critic_optim.param_groups[0]["fused"] is True   # torch >= 2.4 has a fused CPU Adam
     stats = agent.update()
     assert all(type(v) is float for v in stats.values())
+
+
+def test_warmup_range_and_small_initial_actor_keep_a_residual_policy_near_zero():
+    import numpy as np
+    from op3_walk.agents.td3 import TD3Agent, TD3Config
+    agent = TD3Agent(4, 3, TD3Config(hidden_sizes=[16], learning_starts=10, warmup_action_range=0.2,
+                                     actor_output_init=0.01), seed=0)
+    obs = np.ones(4, dtype=np.float32)
+    warmup = np.array([agent.act(obs) for _ in range(200)])
+    assert np.abs(warmup).max() <= 0.2 and np.abs(warmup).max() > 0.1
+    default = TD3Agent(4, 3, TD3Config(hidden_sizes=[16]), seed=0)
+    small = np.abs(agent.act(obs, explore=False)).max()
+    assert small < 0.05 * max(np.abs(default.act(obs, explore=False)).max(), 1e-3) + 1e-3

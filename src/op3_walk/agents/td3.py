@@ -50,10 +50,20 @@ class TD3Config(OffPolicyConfig):
     exploration_noise: float = doc("std of the Gaussian noise added to actions while exploring (action units)",
                                    default=0.1)
     updates_per_step: int = doc("gradient updates per env step once learning (update-to-data ratio)", default=1)
+    warmup_action_range: float = doc("before learning_starts, actions are uniform in [-this, this] (1 = the whole "
+                                     "action range; a residual task wants a fraction: near its reference gait)",
+                                     default=1.0)
+    actor_output_init: float = doc("factor on the initial weights and bias of the actor's output layer (1 = "
+                                   "PyTorch's default; ~0.01 = the first policy acts ~0, i.e. follows the reference "
+                                   "gait of a residual task)", default=1.0)
 
     def validate(self) -> None:
         super().validate()
         self.check_positive("actor_lr", "critic_lr")
+        if not 0.0 <= self.warmup_action_range <= 1.0:
+            raise ValueError("warmup_action_range must be in [0, 1], got %r" % self.warmup_action_range)
+        if not self.actor_output_init > 0.0:
+            raise ValueError("actor_output_init must be > 0, got %r" % self.actor_output_init)
         if not 0.0 < self.tau <= 1.0:
             raise ValueError("tau must be in (0, 1], got %r" % self.tau)
         for name in ("target_noise", "target_noise_clip", "exploration_noise"):
@@ -111,6 +121,11 @@ class TD3Agent(OffPolicyAgent):
     def build(self) -> None:
         cfg = self.config
         self.actor = Actor(self.obs_dim, self.act_dim, cfg.hidden_sizes).to(self.device)
+        if cfg.actor_output_init != 1.0:
+            output = [m for m in self.actor.net if isinstance(m, torch.nn.Linear)][-1]
+            with torch.no_grad():
+                output.weight.mul_(cfg.actor_output_init)
+                output.bias.mul_(cfg.actor_output_init)
         self.critic = EnsembleQ(self.obs_dim, self.act_dim, cfg.hidden_sizes, cfg.n_critics).to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -129,13 +144,14 @@ class TD3Agent(OffPolicyAgent):
     def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
         """Action for one observation: float32 ``(act_dim,)`` in [-1, 1].
 
-        ``explore=True``: uniform random before ``learning_starts`` env steps, afterwards the policy plus Gaussian
-        noise of std :attr:`exploration`.  ``explore=False``: the deterministic policy.  A NaN/inf or wrong-size
-        observation raises ``ValueError``.
+        ``explore=True``: uniform random in +-``warmup_action_range`` before ``learning_starts`` env steps,
+        afterwards the policy plus Gaussian noise of std :attr:`exploration`.  ``explore=False``: the deterministic
+        policy.  A NaN/inf or wrong-size observation raises ``ValueError``.
         """
         obs_t = self.obs_tensor(obs)
         if explore and self.env_steps < self.config.learning_starts:
-            return self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+            bound = self.config.warmup_action_range
+            return self.rng.uniform(-bound, bound, self.act_dim).astype(np.float32)
         with torch.inference_mode():
             action = self.actor(self.normalize_obs(obs_t))[0].cpu().numpy()
         noise = self.exploration if explore else 0.0
