@@ -7,13 +7,14 @@ between ``<!-- ros-tables:begin -->`` and ``<!-- ros-tables:end -->`` in README.
     python -m op3_walk.ros.readme --write     # regenerate
     python -m op3_walk.ros.readme --check     # exit 1 when README.md is stale (a test runs this)
 """
-import argparse
 import dataclasses
 import importlib
 import os
 import sys
 import xml.etree.ElementTree as ET
 from typing import Any, Dict, List, Tuple
+
+from op3_walk.readme_blocks import block_main, replace_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BEGIN, END = "<!-- ros-tables:begin -->", "<!-- ros-tables:end -->"
@@ -101,32 +102,11 @@ def tables() -> str:
 
 
 def render(readme: str) -> str:
-    if BEGIN not in readme or END not in readme:
-        raise ValueError("README.md lacks the %s ... %s markers" % (BEGIN, END))
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return head + BEGIN + "\n" + tables() + END + tail
+    return replace_block(readme, BEGIN, END, tables())
 
 
 def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true")
-    group.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    path = os.path.join(ROOT, "README.md")
-    with open(path) as fh:
-        current = fh.read()
-    wanted = render(current)
-    if args.check:
-        if wanted != current:
-            print("README.md's ROS tables are stale: run python -m op3_walk.ros.readme --write", file=sys.stderr)
-            return 1
-        return 0
-    if wanted != current:
-        with open(path, "w") as fh:
-            fh.write(wanted)
-    return 0
+    return block_main(argv, __doc__.split("\n\n")[0], BEGIN, END, tables, "python -m op3_walk.ros.readme")
 
 
 if __name__ == "__main__":
