@@ -72,16 +72,18 @@ def standin(ros_master, rospy_node, tmp_path_factory):
     proc = Proc(["roslaunch", "op3_walk", "op3_standin.launch"], str(log), dict(os.environ))
     from sensor_msgs.msg import JointState
     seen = []
-    sub = rospy_node.Subscriber(PRESENT, JointState, seen.append)
+    # Kept subscribed for the whole module: unregistering the topic's last subscriber makes rospy tear the topic
+    # down, and a Subscriber created for it meanwhile (Watch, below) can end up never connecting.
+    sub = rospy_node.Subscriber(PRESENT, JointState, lambda msg: seen.append(1) if not seen else None)
     try:
         wait_until(lambda: seen, 60, what="the stand-in's first %s" % PRESENT)
     except AssertionError:
+        sub.unregister()
         proc.kill()
         raise AssertionError("op3_standin did not start:\n" + proc.log()[-4000:])
-    finally:
-        sub.unregister()
     proc.track()
     yield proc
+    sub.unregister()
     code = proc.interrupt(timeout=30)
     orphans = proc.orphans()
     log_text = proc.log()
