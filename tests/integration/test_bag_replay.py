@@ -393,6 +393,31 @@ def test_resends_conflicts_gaps_and_a_controller_restart(tmp_path):
         rec.find(7)
 
 
+def test_stats_of_the_partial_first_episode_do_not_take_a_later_whole_one(tmp_path):
+    """A recorder that joins mid-episode holds that episode's end and its EpisodeStats, but not its whole return.
+    A whole episode of the same length ending within the clock slack must keep its own stats (a CI run once
+    matched them crosswise and reported a return mismatch that the learner never made)."""
+    import rosbag
+    from op3_walk.ros.bag_tools import read_recording, summary
+    path = str(tmp_path / "joined.bag")
+    S, A, E = "walker/state", "walker/action", "walker/episode"
+    with rosbag.Bag(path, "w") as bag:
+        write_state(bag, S, 50.00, 4, 2, reward=1.0)                      # joined at step 2 of episode 4
+        write_action(bag, A, 50.01, 4, 2)
+        write_state(bag, S, 50.02, 4, 3, reward=1.0, terminated=True)
+        write_stats(bag, E, 50.03, 9, 5.0, 3)                             # its whole return: 3 + 1 + 1
+        for k in range(4):                                                # episode 5: whole, same length
+            write_state(bag, S, 50.10 + 0.02 * k, 5, k, reward=0.5 * k, terminated=k == 3)
+            if k < 3:
+                write_action(bag, A, 50.11 + 0.02 * k, 5, k)
+        write_stats(bag, E, 50.20, 10, 3.0, 3)
+    rec = read_recording([path])
+    joined, whole = rec.episodes[(0, 4)], rec.episodes[(0, 5)]
+    assert not joined.complete and whole.complete and whole.episode_return == 3.0
+    assert whole.stats["episode"] == 10 and joined.stats["episode"] == 9
+    assert summary(rec)["totals"]["stats_return_mismatches"] == 0
+
+
 def test_several_namespaces_need_ns_and_stats_go_to_their_actor(tmp_path):
     import rosbag
     from op3_walk.ros.bag_tools import BagError, read_recording

@@ -374,9 +374,8 @@ def _add_action(rec: Recording, msg: Any, segment: int, keep: bool) -> None:
 
 def _match_stats(rec: Recording, stats_msgs: List[Tuple[float, Any]]) -> None:
     """Give each EpisodeStats the episode it reports: one that ended (by its state's stamp) before the stats were
-    published, with the same length, unmatched so far, preferring one whose summed rewards equal the reported return,
-    then the latest.  Receipt order in the bag cannot be used: the recorder gets each topic on its own connection,
-    so a stats message can be stored just before the state that ended its episode."""
+    published, with the same length, unmatched so far, the best by ``_stats_fit``.  Receipt order in the bag cannot
+    be used: the recorder gets each topic on its own connection, so a stats message can be stored just before the state that ended its episode."""
     ended = [ep for ep in rec.episodes.values() if ep.states and ep.end != "open"]
     ns = rec.namespace
     for _, msg in stats_msgs:
@@ -391,8 +390,18 @@ def _match_stats(rec: Recording, stats_msgs: List[Tuple[float, Any]]) -> None:
         if not candidates:
             rec.unmatched_stats.append(stats)
             continue
-        max(candidates, key=lambda ep: (math.isclose(ep.episode_return, stats["return"], rel_tol=1e-9, abs_tol=1e-9),
-                                        ep.last.stamp)).stats = stats
+        max(candidates, key=lambda ep: _stats_fit(ep, stats)).stats = stats
+
+
+def _stats_fit(ep: Episode, stats: Dict[str, Any]) -> Tuple[bool, bool, bool, float]:
+    """How well an ended episode fits an EpisodeStats (larger: better): its summed rewards are the reported return;
+    its end (fall, distance) is the reported one; it is partial (a recording that joined mid-episode cannot sum its
+    return, so stats that match no whole episode's return are its, not a later whole one's that merely has the
+    same length); the latest."""
+    same_end = (ep.end == "fell") == stats["fell"] and math.isclose(ep.last.distance, stats["distance"],
+                                                                       rel_tol=1e-6, abs_tol=1e-6)
+    return (math.isclose(ep.episode_return, stats["return"], rel_tol=1e-9, abs_tol=1e-9), same_end,
+            not ep.complete, ep.last.stamp)
 
 
 # -- transitions -----------------------------------------------------------------------------------------------
