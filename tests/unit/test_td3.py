@@ -335,3 +335,24 @@ def test_warmup_range_and_small_initial_actor_keep_a_residual_policy_near_zero()
     default = TD3Agent(4, 3, TD3Config(hidden_sizes=[16]), seed=0)
     small = np.abs(agent.act(obs, explore=False)).max()
     assert small < 0.05 * max(np.abs(default.act(obs, explore=False)).max(), 1e-3) + 1e-3
+
+
+def test_actor_action_penalty_holds_the_policy_off_the_bounds_a_linear_critic_pushes_it_to():
+    """Reward sum(a) + 3 on one-step episodes: plain TD3's actor runs to the bound; with the TD3+BC-style penalty
+    (Q term / mean |Q| + p * mean a^2) it settles near the interior optimum d / (6 p) (here 3 / 12 = 0.25)."""
+    def trained(penalty):
+        agent = TD3Agent(OBS, 3, small_config(actor_lr=3e-3, critic_lr=3e-3, actor_action_penalty=penalty,
+                                              policy_delay=1), seed=0)
+        rng = np.random.default_rng(0)
+        for _ in range(512):
+            a = rng.uniform(-1, 1, 3)
+            agent.observe(rng.normal(size=OBS), a, float(a.sum() + 3.0), rng.normal(size=OBS), True)
+        for _ in range(600):
+            agent.update()
+        probe = rng.normal(size=(32, OBS)).astype(np.float32)
+        return np.mean([agent.act(o, explore=False) for o in probe])
+    plain, penalised = trained(0.0), trained(2.0)
+    assert plain > 0.9
+    assert 0.1 < penalised < 0.45, penalised
+    with pytest.raises(ValueError, match="actor_action_penalty"):
+        small_config(actor_action_penalty=-1.0).validate()

@@ -56,12 +56,17 @@ class TD3Config(OffPolicyConfig):
     actor_output_init: float = doc("factor on the initial weights and bias of the actor's output layer (1 = "
                                    "PyTorch's default; ~0.01 = the first policy acts ~0, i.e. follows the reference "
                                    "gait of a residual task)", default=1.0)
+    actor_action_penalty: float = doc("weight of mean(a^2) in the actor loss, whose Q term is divided by the batch's "
+                                      "mean |Q| (as TD3+BC does) so the weight is scale-free; 0 = plain TD3. Keeps a "
+                                      "residual policy near its reference gait unless the critic is sure", default=0.0)
 
     def validate(self) -> None:
         super().validate()
         self.check_positive("actor_lr", "critic_lr")
         if not 0.0 <= self.warmup_action_range <= 1.0:
             raise ValueError("warmup_action_range must be in [0, 1], got %r" % self.warmup_action_range)
+        if not self.actor_action_penalty >= 0.0:
+            raise ValueError("actor_action_penalty must be >= 0, got %r" % self.actor_action_penalty)
         if not self.actor_output_init > 0.0:
             raise ValueError("actor_output_init must be > 0, got %r" % self.actor_output_init)
         if not 0.0 < self.tau <= 1.0:
@@ -177,7 +182,8 @@ class TD3Agent(OffPolicyAgent):
 
         Returns ``critic_loss`` (sum over critics of the mean squared TD error, importance-weighted with PER),
         ``q_mean`` (mean online Q over the batch and critics) and, on the steps where the actor moved,
-        ``actor_loss`` (``-mean Q1(s, pi(s))``).
+        ``actor_loss`` (``-mean Q1(s, pi(s))``; with ``actor_action_penalty`` ``-mean Q1 / mean |Q1| + penalty *
+        mean a^2``).
         """
         cfg = self.config
         batch = self.sample_batch(batch)
@@ -189,7 +195,14 @@ class TD3Agent(OffPolicyAgent):
 
         # Actor and targets: every policy_delay critic updates, ascend Q1(s, pi(s)) (critic weights frozen).
         if self.updates % cfg.policy_delay == 0:
-            actor_loss = -self.critic.first(obs, self.actor(obs), frozen=True).mean()
+            actions = self.actor(obs)
+            q_pi = self.critic.first(obs, actions, frozen=True)
+            if cfg.actor_action_penalty > 0.0:
+                # TD3+BC's normalisation: the Q term's gradient has unit scale whatever the reward scale.
+                actor_loss = (-q_pi.mean() / q_pi.detach().abs().mean().clamp_min(1e-6)
+                              + cfg.actor_action_penalty * actions.pow(2).mean())
+            else:
+                actor_loss = -q_pi.mean()
             self.actor_optim.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optim.step()
