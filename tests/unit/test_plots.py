@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import op3_walk
-from op3_walk.training.plots import aggregate, default_label, group_runs, main, plot_groups, read_episodes
+from op3_walk.training.plots import (aggregate, default_label, group_runs, main, plot_groups, read_episodes,
+                                     x_values)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(op3_walk.__file__)))
@@ -65,6 +66,23 @@ def test_plot_groups_mean_and_band(tmp_path, band):
     assert summary["a"]["runs"] == 3 and summary["a"]["final_mean"] == pytest.approx(27.0 + 10.0)
     assert summary["a"]["final_std"] == pytest.approx(np.std([27.0, 37.0, 47.0]))
     assert summary["b"]["runs"] == 1 and summary["b"]["final_mean"] == pytest.approx(-27.0)
+
+
+def test_wall_time_axis_is_the_running_sum_of_episode_times(tmp_path):
+    path = tmp_path / "run" / "episodes.csv"
+    path.parent.mkdir()
+    path.write_text("episode,total_env_steps,episode_return,wall_time_s\n1,100,1,30\n2,200,2,60\n3,300,3,90\n")
+    np.testing.assert_allclose(x_values(read_episodes(str(path)), "wall_min"), [0.5, 1.5, 3.0])
+    np.testing.assert_allclose(x_values(read_episodes(str(path)), "env_steps"), [100, 200, 300])
+    png = str(tmp_path / "wall.png")
+    assert main([str(path.parent), "-o", png, "--x", "wall_min"]) == 0
+    with open(png, "rb") as fh:
+        assert fh.read(8) == PNG_MAGIC
+    with pytest.raises(ValueError, match="x must be"):
+        plot_groups({"r": [str(path)]}, png, x="hours")
+    no_times = write_run(str(tmp_path / "old"), [1, 2])      # a CSV without wall_time_s has no wall-time curve
+    with pytest.raises(ValueError, match="no episodes"):
+        plot_groups({"old": [no_times]}, png, x="wall_min")
 
 
 def test_plot_errors(tmp_path):

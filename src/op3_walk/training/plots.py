@@ -24,6 +24,10 @@ METRICS = OrderedDict([("episode_return", "episode return"), ("distance_m", "dis
 _SEED_SUFFIX = re.compile(r"[-_.]?(seed|s)[-_]?\d+$", re.IGNORECASE)
 
 
+
+X_AXES = {"env_steps": "env steps", "wall_min": "training wall time [min] (sum of the episodes' wall_time_s)"}
+
+
 def read_episodes(path: str) -> Dict[str, np.ndarray]:
     """Columns of an episode CSV as float arrays (empty dict for a file with only a header)."""
     with open(path, "r", newline="") as fh:
@@ -115,8 +119,10 @@ class _quiet_nan_warnings:
 
 
 def plot_groups(groups: "Dict[str, Sequence[str]]", png_path: str, title: str = "", window: int = 10,
-                band: str = "std", metrics: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
-    """Plot each group's curves against env steps and write ``png_path``.
+                band: str = "std", metrics: Optional[Sequence[str]] = None,
+                x: str = "env_steps") -> Dict[str, Dict[str, float]]:
+    """Plot each group's curves against env steps (``x="wall_min"``: minutes of training wall time, the running
+    sum of the episodes' ``wall_time_s``) and write ``png_path``.
 
     Per metric (default: episode return, and distance when any run has it) and group: a one-run group is drawn as
     its moving average over ``window`` episodes with the raw points faint; a several-run group as the mean of the
@@ -126,11 +132,15 @@ def plot_groups(groups: "Dict[str, Sequence[str]]", png_path: str, title: str = 
     """
     if band not in ("std", "minmax", "none"):
         raise ValueError("band must be std, minmax or none, got %r" % band)
+    if x not in X_AXES:
+        raise ValueError("x must be one of %s, got %r" % (", ".join(X_AXES), x))
+    x_axis = x      # (``x`` is reused below for the resampled grid)
+    column = "total_env_steps" if x_axis == "env_steps" else "wall_time_s"
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = OrderedDict((label, [d for d in (read_episodes(p) for p in paths) if d and "total_env_steps" in d])
+    data = OrderedDict((label, [d for d in (read_episodes(p) for p in paths) if d and column in d])
                        for label, paths in groups.items())
     data = OrderedDict((label, runs) for label, runs in data.items() if runs)
     if not data:
@@ -151,7 +161,7 @@ def plot_groups(groups: "Dict[str, Sequence[str]]", png_path: str, title: str = 
                           "final_std": float(np.std(finals)) if finals else math.nan}
         color = None
         for ax, metric in zip(axes[:, 0], metrics):
-            curves = [(d["total_env_steps"], moving_average(d[metric], window)) for d in runs
+            curves = [(x_values(d, x_axis), moving_average(d[metric], window)) for d in runs
                       if metric in d and np.isfinite(d[metric]).all()]
             if not curves:
                 continue
@@ -170,7 +180,7 @@ def plot_groups(groups: "Dict[str, Sequence[str]]", png_path: str, title: str = 
     for ax, metric in zip(axes[:, 0], metrics):
         ax.set_ylabel(METRICS.get(metric, metric))
         ax.grid(True, alpha=0.3)
-    axes[-1, 0].set_xlabel("env steps")
+    axes[-1, 0].set_xlabel(X_AXES[x_axis])
     axes[0, 0].legend(loc="best", fontsize="small")
     what = {"std": ", band ±1 std over runs", "minmax": ", band min–max over runs", "none": ""}[band]
     axes[0, 0].set_title(title or "moving average over %d episodes%s" % (window, what))
@@ -179,6 +189,13 @@ def plot_groups(groups: "Dict[str, Sequence[str]]", png_path: str, title: str = 
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return summary
+
+
+def x_values(episodes: Dict[str, np.ndarray], x: str) -> np.ndarray:
+    """The x coordinate of each episode's end: env steps, or training wall time in minutes."""
+    if x == "env_steps":
+        return episodes["total_env_steps"]
+    return np.cumsum(np.nan_to_num(episodes["wall_time_s"])) / 60.0
 
 
 def plot_learning_curves(csv_paths: Sequence[str], png_path: str, title: str = "", window: int = 10) -> str:
@@ -207,11 +224,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--metric", action="append", default=None,
                         help="CSV column to plot (repeatable; default episode_return, plus distance_m if present)")
     parser.add_argument("--title", default="", help="plot title")
+    parser.add_argument("--x", choices=tuple(X_AXES), default="env_steps",
+                        help="x axis: env_steps (default) or wall_min (training wall time, minutes)")
     args = parser.parse_args(argv)
     try:
         groups = group_runs(args.runs)
         summary = plot_groups(groups, args.output, title=args.title, window=args.window, band=args.band,
-                              metrics=args.metric)
+                              metrics=args.metric, x=args.x)
     except ValueError as exc:
         parser.exit(2, "plot_curves: error: %s\n" % exc)
     for label, s in summary.items():
