@@ -20,12 +20,21 @@ BENCH_ARGS ?=
 BIPEDAL_STEPS ?= 1000000
 BIPEDAL_SEEDS ?= 0
 BIPEDAL_ARGS ?= --no-sb3
+# Walking recipes (docs/results.md): make walk ROBOT=op3 SEED=0
+ROBOT ?= plen
+SEED ?= 0
+WALK_OUT ?= out/walk
+WALK_STEPS_plen := 60000
+WALK_STEPS_op3 := 150000
+WALK_DIR = $(WALK_OUT)/$(ROBOT)_s$(SEED)
 
-.PHONY: help setup demo test test-unit test-hardware test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros bench-hardware
+.PHONY: help setup demo walk test test-unit test-hardware test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros bench-hardware
 
 help:
 	@echo "make demo              short headless TD3 training through ROS on PyBullet (DEMO_STEPS=$(DEMO_STEPS), DEMO_OUT=$(DEMO_OUT))"
 	@echo "make test              unit + hardware (simulated chips) + integration tests"
+	@echo "make walk              the walking recipe of ROBOT=plen|op3 with SEED=0: train (PLEN $(WALK_STEPS_plen), OP3"
+	@echo "                       $(WALK_STEPS_op3) env steps, ~12 / ~30 min), export, evaluate; in WALK_OUT/ROBOT_sSEED"
 	@echo "make test-unit         tests/unit only (no ROS master)"
 	@echo "make test-hardware     tests/hardware only (real Adafruit drivers on the simulated I2C bus)"
 	@echo "make test-integration  tests/integration only (starts its own roscore)"
@@ -47,6 +56,18 @@ setup:
 
 demo: setup
 	@$(WITH_ENV) bash tools/demo.sh --steps $(DEMO_STEPS) --out $(DEMO_OUT)
+
+walk: setup
+	@test -n "$(WALK_STEPS_$(ROBOT))" || { echo "make walk: ROBOT must be plen or op3, got '$(ROBOT)'" >&2; exit 2; }
+	@test ! -e "$(WALK_DIR)/checkpoint.pt" || { echo "make walk: $(WALK_DIR) already has a run (remove it, or resume" \
+	  "with scripts/train --resume $(WALK_DIR)/checkpoint.pt --steps $(WALK_STEPS_$(ROBOT)))" >&2; exit 2; }
+	$(WITH_ENV) scripts/train --robot $(ROBOT) --task $(ROBOT)_walk_fast --algo td3 \
+	  --agent-config config/agents/td3_residual.yaml --steps $(WALK_STEPS_$(ROBOT)) --seed $(SEED) \
+	  --out-dir $(WALK_DIR) --no-progress --checkpoint-every 10000
+	$(WITH_ENV) scripts/export_policy $(WALK_DIR)/checkpoint.pt -o $(WALK_DIR)/policy.npz
+	$(WITH_ENV) scripts/evaluate $(WALK_DIR)/policy.npz --compare-reference --json $(WALK_DIR)/evaluation.json \
+	  > $(WALK_DIR)/evaluation.md
+	@cat $(WALK_DIR)/evaluation.md
 
 test: setup
 	@$(WITH_ENV) python -m pytest tests/unit tests/hardware tests/integration $(PYTEST_ARGS)

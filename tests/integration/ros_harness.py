@@ -176,3 +176,14 @@ def small_agent_config(tmp_path):
     path = tmp_path / "td3_small.yaml"
     path.write_text("hidden_sizes: [64, 64]\nbatch_size: 64\nbuffer_size: 20000\nlearning_starts: 150\n")
     return str(path)
+
+
+@pytest.fixture
+def torch_blocked(tmp_path, monkeypatch):
+    """Processes spawned while this is active cannot import torch: the import raises."""
+    folder = tmp_path / "no_torch"
+    (folder / "torch").mkdir(parents=True)
+    (folder / "torch" / "__init__.py").write_text(
+        'raise ImportError("torch is blocked in this test: the robot side must not import it")\n')
+    monkeypatch.setenv("PYTHONPATH", "%s:%s" % (folder, os.environ.get("PYTHONPATH", "")))
+    return folder

@@ -42,6 +42,9 @@ def policies(tmp_path_factory):
 
 
 def deploy_args(policy, **extra):
+    """These test policies are trained-for-nothing nets on the plain ``walk`` task (the launch's default task is the
+    shipped policies' recipe task)."""
+    extra.setdefault("task", "walk")
     return ["roslaunch", "op3_walk", "deploy.launch", "policy:=%s" % policy] + ["%s:=%s" % kv for kv in extra.items()]
 
 
@@ -232,3 +235,24 @@ def test_policy_node_gives_up_clearly_when_the_controller_dies(spawn, rospy_node
     log = node.log()
     assert "no new walker/state within 3.0 s (state_timeout) after episode" in log, log[-3000:]
     assert "Traceback" not in log
+
+
+# m in 10 s: PLEN the issue's 0.1 m/s; OP3 beyond its reference gait's 1.40 m (docs/results.md)
+@pytest.mark.parametrize("robot, min_distance", [("op3", 1.5), ("plen", 1.0)])
+def test_the_shipped_policy_walks_out_of_the_box_without_torch(spawn, torch_blocked, robot, min_distance):
+    """``roslaunch op3_walk deploy.launch robot:=R backend:=pybullet``, nothing else: the robot's shipped policy
+    (policies/R_walk.npz, docs/results.md) on its recipe task walks a 10 s episode forward without falling, and no
+    process imports torch (a package named torch that raises on import comes first on PYTHONPATH).  The episode
+    is read from policy_node's log: it is over in about two seconds, sooner than a test subscriber connects."""
+    import re
+    proc = spawn(["roslaunch", "op3_walk", "deploy.launch", "robot:=%s" % robot, "backend:=pybullet"],
+                 name="deploy_%s" % robot)
+    assert proc.wait(timeout=LAUNCH_TIMEOUT) == 0, proc.log()[-4000:]
+    assert not proc.orphans()
+    log = proc.log()
+    assert "ImportError" not in log and "Traceback" not in log
+    assert "policies/%s_walk.npz" % robot in log and "task %s_walk_fast" % robot in log, log[-4000:]
+    episode = re.search(r"policy: episode 1: return (\S+), (\d+) steps, (\S+) m, (.+)", log)
+    assert episode, log[-4000:]
+    steps, distance, end = int(episode.group(2)), float(episode.group(3)), episode.group(4).strip()
+    assert steps == 500 and end == "time limit" and distance >= min_distance, episode.group(0)

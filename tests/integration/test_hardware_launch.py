@@ -5,24 +5,9 @@
   services and /diagnostics, then deploy.launch running an exported policy to the end of an episode;
 - OP3: train.launch against the PyBullet stand-in of the ROBOTIS framework (op3_standin.launch), not op3_manager.
 """
-import os
-
-import pytest
-
 from ros_harness import wait_until
 from test_deploy import deploy_args, policies  # noqa: F401  (the module-scoped fixture of exported policies)
 from test_ros_suite import Diagnostics, train_launch
-
-
-@pytest.fixture
-def torch_blocked(tmp_path, monkeypatch):
-    """Processes spawned while this is active cannot import torch: the import raises."""
-    folder = tmp_path / "no_torch"
-    (folder / "torch").mkdir(parents=True)
-    (folder / "torch" / "__init__.py").write_text(
-        'raise ImportError("torch is blocked in this test: the robot side must not import it")\n')
-    monkeypatch.setenv("PYTHONPATH", "%s:%s" % (folder, os.environ.get("PYTHONPATH", "")))
-    return folder
 
 
 def test_plen_controller_on_the_simulated_bus_serves_the_safety_services_without_torch(spawn, rospy_node,
