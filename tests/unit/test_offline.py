@@ -265,6 +265,7 @@ def test_train_prefill_then_offline_updates_then_env_steps(tmp_path, capsys):
     assert "offline: 7 gradient updates" in text
     meta = read_meta(str(out / "checkpoint.pt"))
     assert meta["env_steps"] == 20
+    assert len(meta["git"]["commit"]) == 40      # the code that trained it (export_policy carries it on)
     assert meta["updates"] >= 7 + 1          # the offline ones, then online ones (memory is past a batch)
 
 

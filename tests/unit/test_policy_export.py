@@ -73,6 +73,22 @@ def test_exported_policy_acts_like_the_agent(tmp_path, algo):
         assert worst <= 1e-5
 
 
+def test_policy_file_records_configs_and_the_code_that_trained_and_exported_it(tmp_path):
+    from op3_walk.provenance import git_version
+    iface = expected_interface("op3", "op3_walk_fast")
+    agent = small_agent("td3", iface.obs_dim, iface.action_size)
+    trained = {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": True}
+    ckpt = write_checkpoint(tmp_path / "a.pt", agent, robot="op3", task="op3_walk_fast", git=trained)
+    meta = export_policy(ckpt, str(tmp_path / "a.npz"))[0].meta
+    assert meta["training_git"] == trained and meta["export_git"] == git_version()
+    assert len(meta["export_git"]["commit"]) == 40            # the tests run in the repository
+    assert meta["agent_config"]["hidden_sizes"] == [16, 8] and meta["agent_config"]["actor_action_penalty"] == 0.0
+    assert meta["task_config"]["action"]["gait"] == "op3_fast" and meta["task_config"]["reward"]["posture"] == 1.0
+    old = write_checkpoint(tmp_path / "b.pt", agent, robot="op3", task="op3_walk_fast")   # before the field
+    assert export_policy(old, str(tmp_path / "b.npz"))[0].meta["training_git"] == {"commit": "", "dirty": False}
+    assert git_version(str(tmp_path)) == {"commit": "", "dirty": False}                  # not a repository
+
+
 def test_exported_policy_is_refused_by_another_robot_or_task(tmp_path):
     iface = expected_interface("plen", "walk")
     ckpt = write_checkpoint(tmp_path / "c.pt", small_agent("td3", iface.obs_dim, iface.action_size),

@@ -28,9 +28,10 @@ from torch import nn
 
 from op3_walk.agents import DISCRETE_ALGOS, agent_classes
 from op3_walk.agents.base import OffPolicyAgent
-from op3_walk.config import ConfigError, from_dict
+from op3_walk.config import ConfigError, from_dict, to_dict
 from op3_walk.policy.runtime import (CONTINUOUS, DISCRETE, FORMAT, VERSION, NumpyPolicy, PolicyFileError,
                                      PolicyInterface, expected_interface)
+from op3_walk.provenance import git_version
 from op3_walk.training.checkpoint import CheckpointError, load_checkpoint
 
 CHECK_SAMPLES = 256       # random observations the exported policy is compared on
@@ -238,6 +239,14 @@ def write_atomic(path: str, arrays: Dict[str, np.ndarray]) -> str:
     return path
 
 
+def _task_config(task: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The whole task config (rewards included) as plain data, for the record; None for a gymnasium env."""
+    if not task:
+        return None
+    from op3_walk.envs.task import load_task
+    return to_dict(load_task(task))
+
+
 def export_policy(checkpoint: str, out: str, robot: Optional[str] = None, task: Optional[str] = None,
                   check_samples: int = CHECK_SAMPLES) -> Tuple[NumpyPolicy, float]:
     """Export ``checkpoint`` to ``out``; returns the policy read back from ``out`` and the largest action difference
@@ -249,7 +258,10 @@ def export_policy(checkpoint: str, out: str, robot: Optional[str] = None, task: 
                   "env_steps": int(meta.get("env_steps", agent.env_steps)), "updates": int(agent.updates),
                   "episodes": int(meta.get("episodes", 0)), "source_sha256": _sha256(checkpoint),
                   "checkpoint_created": float(meta.get("created", 0.0)),
-                  "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                  "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  # the code that trained it (unknown for checkpoints older than this field) and that exported it
+                  "training_git": meta.get("git") or {"commit": "", "dirty": False}, "export_git": git_version(),
+                  "agent_config": to_dict(agent.config), "task_config": _task_config(task or meta.get("task"))}
     arrays = policy_arrays(agent, iface, provenance)
     try:
         staged = NumpyPolicy.from_arrays(arrays, source="export of %s" % checkpoint)

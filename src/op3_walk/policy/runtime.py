@@ -23,6 +23,11 @@ entry               type             meaning
 ``obs_clip``        float64 ()       (``inf``: no clipping)
 ==================  ===============  ===========================================================================
 
+Besides ``META_FIELDS``, ``export_policy`` records provenance in ``meta`` (optional for a reader): ``algo``'s
+``agent_config`` and the whole ``task_config`` (rewards included), ``training_git`` and ``export_git``
+(``{"commit", "dirty"}`` of the code that trained and exported it; an empty commit where unknown), ``updates``,
+``episodes``, ``source_sha256``, ``checkpoint_created`` and ``exported_at``.
+
 A continuous policy's last activation is ``tanh`` (actions in [-1, 1], the controller's action units); a discrete
 policy's last layer is ``identity`` and the action is the argmax of its outputs (the Q-values for DQN).
 """

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from op3_walk.agents import AGENTS, DISCRETE_ALGOS, agent_classes
 from op3_walk.config import ConfigError, load
+from op3_walk.provenance import git_version
 from op3_walk.training.checkpoint import load_checkpoint, save_checkpoint
 from op3_walk.training.logger import EpisodeCsv, TensorBoardLog, loss_columns
 from op3_walk.training.loop import EpisodeRecord, Trainer, TrainConfig, TrainSummary
@@ -196,6 +197,7 @@ class TrainingSession:
         self.out_dir = os.path.abspath(out_dir)
         os.makedirs(self.out_dir, exist_ok=True)
         self.meta = dict(meta, algo=agent.algo, obs_dim=agent.obs_dim, act_dim=agent.act_dim)
+        self.meta.setdefault("git", git_version())   # the code this session runs (a resumed run: the new code)
         self.checkpoint_path = os.path.join(self.out_dir, CHECKPOINT_NAME)
         self.csv_path = os.path.join(self.out_dir, CSV_NAME)
         self.curve_path = os.path.join(self.out_dir, CURVE_NAME)
