@@ -34,7 +34,7 @@ help:
 	@echo "make demo              short headless TD3 training through ROS on PyBullet (DEMO_STEPS=$(DEMO_STEPS), DEMO_OUT=$(DEMO_OUT))"
 	@echo "make test              unit + hardware (simulated chips) + integration tests"
 	@echo "make walk              the walking recipe of ROBOT=plen|op3 with SEED=0: train (PLEN $(WALK_STEPS_plen), OP3"
-	@echo "                       $(WALK_STEPS_op3) env steps, ~12 / ~30 min), export, evaluate; in WALK_OUT/ROBOT_sSEED"
+	@echo "                       $(WALK_STEPS_op3) env steps, ~12 / ~33 min; plus evaluation), export, evaluate; in WALK_OUT/ROBOT_sSEED"
 	@echo "make test-unit         tests/unit only (no ROS master)"
 	@echo "make test-hardware     tests/hardware only (real Adafruit drivers on the simulated I2C bus)"
 	@echo "make test-integration  tests/integration only (starts its own roscore)"
