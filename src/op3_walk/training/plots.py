@@ -25,6 +25,7 @@ _SEED_SUFFIX = re.compile(r"[-_.]?(seed|s)[-_]?\d+$", re.IGNORECASE)
 
 
 
+LABELS = {"fell": "fall rate (episodes ending in a fall)", "length": "episode length [steps]"}   # other columns
 X_AXES = {"env_steps": "env steps", "wall_min": "training wall time [min] (sum of the episodes' wall_time_s)"}
 
 
@@ -178,7 +179,7 @@ def plot_groups(groups: "Dict[str, Sequence[str]]", png_path: str, title: str = 
                     ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
             color = line.get_color()
     for ax, metric in zip(axes[:, 0], metrics):
-        ax.set_ylabel(METRICS.get(metric, metric))
+        ax.set_ylabel(METRICS.get(metric, LABELS.get(metric, metric)))
         ax.grid(True, alpha=0.3)
     axes[-1, 0].set_xlabel(X_AXES[x_axis])
     axes[0, 0].legend(loc="best", fontsize="small")
