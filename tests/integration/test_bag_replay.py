@@ -418,6 +418,28 @@ def test_stats_of_the_partial_first_episode_do_not_take_a_later_whole_one(tmp_pa
     assert summary(rec)["totals"]["stats_return_mismatches"] == 0
 
 
+def test_stats_of_an_episode_that_ended_before_the_recording_do_not_take_a_whole_one(tmp_path):
+    """The recorder can hear an EpisodeStats whose episode's states it never got (it ended just before the
+    recording). Those stats must not take a whole episode of the same length ending within the clock slack before
+    that episode's own stats arrive."""
+    import rosbag
+    from op3_walk.ros.bag_tools import read_recording, summary
+    path = str(tmp_path / "late.bag")
+    S, A, E = "walker/state", "walker/action", "walker/episode"
+    with rosbag.Bag(path, "w") as bag:
+        write_stats(bag, E, 70.00, 3, 9.0, 3)                             # episode 2's: no states recorded
+        for k in range(4):                                                # episode 3: whole, same length
+            write_state(bag, S, 70.10 + 0.02 * k, 3, k, reward=0.5 * k, terminated=k == 3)
+            if k < 3:
+                write_action(bag, A, 70.11 + 0.02 * k, 3, k)
+        write_stats(bag, E, 70.20, 4, 3.0, 3)
+    rec = read_recording([path])
+    whole = rec.episodes[(0, 3)]
+    assert whole.complete and whole.stats["episode"] == 4
+    assert [s["episode"] for s in rec.unmatched_stats] == [3]
+    assert summary(rec)["totals"]["stats_return_mismatches"] == 0
+
+
 def test_several_namespaces_need_ns_and_stats_go_to_their_actor(tmp_path):
     import rosbag
     from op3_walk.ros.bag_tools import BagError, read_recording

@@ -374,23 +374,46 @@ def _add_action(rec: Recording, msg: Any, segment: int, keep: bool) -> None:
 
 def _match_stats(rec: Recording, stats_msgs: List[Tuple[float, Any]]) -> None:
     """Give each EpisodeStats the episode it reports: one that ended (by its state's stamp) before the stats were
-    published, with the same length, unmatched so far, the best by ``_stats_fit``.  Receipt order in the bag cannot
-    be used: the recorder gets each topic on its own connection, so a stats message can be stored just before the state that ended its episode."""
+    published, with the same length, unmatched so far.  Receipt order in the bag cannot be used: the recorder gets
+    each topic on its own connection, so a stats message can be stored just before the state that ended its
+    episode.
+
+    Two passes.  First every stats message takes an episode whose summed rewards are its return, exactly (a whole
+    episode and its own stats always agree).  Only then do the rest (stats of an episode the recording joined
+    midway, or of one that ended before it started) take the best remaining episode by ``_stats_fit``; a whole
+    episode that gets one of those is a return mismatch in ``summary``.  One pass in arrival order let such stats
+    take a whole episode of the same length before that episode's own stats came (a CI failure)."""
     ended = [ep for ep in rec.episodes.values() if ep.states and ep.end != "open"]
     ns = rec.namespace
+    pending = []
     for _, msg in stats_msgs:
         actor = getattr(msg, "actor", "")
         if actor and actor.strip("/") != ns:
             continue   # another actor's episode (the learner serves several controllers)
-        stats = {"episode": int(msg.episode), "return": float(msg.episode_return), "length": int(msg.length),
-                 "fell": bool(msg.fell), "distance": float(msg.distance), "actor": actor}
-        published = _stamp(msg)
-        candidates = [ep for ep in ended if ep.stats is None and ep.last.step == stats["length"]
-                      and ep.last.stamp <= published + STATS_CLOCK_SLACK_S]
-        if not candidates:
+        pending.append(({"episode": int(msg.episode), "return": float(msg.episode_return), "length": int(msg.length),
+                         "fell": bool(msg.fell), "distance": float(msg.distance), "actor": actor}, _stamp(msg)))
+
+    def candidates(stats: Dict[str, Any], published: float) -> List[Episode]:
+        return [ep for ep in ended if ep.stats is None and ep.last.step == stats["length"]
+                and ep.last.stamp <= published + STATS_CLOCK_SLACK_S]
+
+    rest = []
+    for stats, published in pending:
+        exact = [ep for ep in candidates(stats, published) if _same_return(ep, stats)]
+        if exact:
+            max(exact, key=lambda ep: _stats_fit(ep, stats)).stats = stats
+        else:
+            rest.append((stats, published))
+    for stats, published in rest:
+        options = candidates(stats, published)
+        if options:
+            max(options, key=lambda ep: _stats_fit(ep, stats)).stats = stats
+        else:
             rec.unmatched_stats.append(stats)
-            continue
-        max(candidates, key=lambda ep: _stats_fit(ep, stats)).stats = stats
+
+
+def _same_return(ep: Episode, stats: Dict[str, Any]) -> bool:
+    return math.isclose(ep.episode_return, stats["return"], rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _stats_fit(ep: Episode, stats: Dict[str, Any]) -> Tuple[bool, bool, bool, float]:
@@ -400,8 +423,7 @@ def _stats_fit(ep: Episode, stats: Dict[str, Any]) -> Tuple[bool, bool, bool, fl
     same length); the latest."""
     same_end = (ep.end == "fell") == stats["fell"] and math.isclose(ep.last.distance, stats["distance"],
                                                                        rel_tol=1e-6, abs_tol=1e-6)
-    return (math.isclose(ep.episode_return, stats["return"], rel_tol=1e-9, abs_tol=1e-9), same_end,
-            not ep.complete, ep.last.stamp)
+    return _same_return(ep, stats), same_end, not ep.complete, ep.last.stamp
 
 
 # -- transitions -----------------------------------------------------------------------------------------------
