@@ -23,7 +23,7 @@ entry               type             meaning
 ``obs_clip``        float64 ()       (``inf``: no clipping)
 ==================  ===============  ===========================================================================
 
-Besides ``META_FIELDS``, ``export_policy`` records provenance in ``meta`` (optional for a reader): ``algo``'s
+Besides ``META_FIELDS``, ``export_policy`` records provenance in ``meta`` (optional for a reader): the agent's
 ``agent_config`` and the whole ``task_config`` (rewards included), ``training_git`` and ``export_git``
 (``{"commit", "dirty"}`` of the code that trained and exported it; an empty commit where unknown), ``updates``,
 ``episodes``, ``source_sha256``, ``checkpoint_created`` and ``exported_at``.

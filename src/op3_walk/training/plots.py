@@ -22,9 +22,6 @@ import numpy as np
 CSV_NAME = "episodes.csv"
 METRICS = OrderedDict([("episode_return", "episode return"), ("distance_m", "distance walked [m]")])
 _SEED_SUFFIX = re.compile(r"[-_.]?(seed|s)[-_]?\d+$", re.IGNORECASE)
-
-
-
 LABELS = {"fell": "fall rate (episodes ending in a fall)", "length": "episode length [steps]"}   # other columns
 X_AXES = {"env_steps": "env steps", "wall_min": "training wall time [min] (sum of the episodes' wall_time_s)"}
 
