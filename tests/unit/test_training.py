@@ -18,7 +18,7 @@ from op3_walk.training.checkpoint import CheckpointError, read_meta
 from op3_walk.training.logger import EpisodeCsv
 from op3_walk.training.loop import EpisodeRecord, Trainer, TrainConfig
 from op3_walk.training.plots import moving_average, plot_learning_curves, read_episodes
-from op3_walk.training.session import (TrainingSession, build_agent, build_agent_for_env, make_gym_env, space_dims,
+from op3_walk.training.session import (RunExistsError, TrainingSession, build_agent, build_agent_for_env, make_gym_env, space_dims,
                                        truncate_csv, wants_discrete)
 
 
@@ -171,6 +171,56 @@ def test_session_outputs_and_resume(tmp_path):
     with pytest.raises(CheckpointError, match="robot"):
         TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=200), str(tmp_path / "other"),
                         {"robot": "plen", "task": "toy"}, resume=str(out / "checkpoint.pt"))
+
+
+def test_a_fresh_session_never_overwrites_or_appends_to_an_earlier_run(tmp_path):
+    out, meta = tmp_path / "run", {"robot": "toy", "task": "toy"}
+    TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=70, seed=1), str(out), meta,
+                    tensorboard=False, log=lambda line: None).run()
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "episodes.csv")}
+    with pytest.raises(RunExistsError, match="already holds a training run.*resume:=auto.*another output folder"):
+        TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=21, seed=2), str(out), meta,
+                        tensorboard=False, log=lambda line: None)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    # episodes logged without a checkpoint (a run killed before its first one) are a run too ...
+    (out / "checkpoint.pt").unlink()
+    with pytest.raises(RunExistsError, match="episodes.csv"):
+        TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=21), str(out), meta, tensorboard=False)
+    # ... which a restarted learner (resume: auto, nothing to resume) may take over, starting its CSV afresh
+    lines = []
+    TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=21, seed=2), str(out), meta, tensorboard=False,
+                    log=lines.append, discard_unsaved=True).run()
+    assert [int(r["episode"]) for r in csv.DictReader(open(out / "episodes.csv"))] == [1, 2, 3]
+    assert any("dropped the 10 CSV rows" in line for line in lines)
+    # an empty folder, or one with only a header, is free
+    (tmp_path / "empty").mkdir()
+    TrainingSession(small_agent(), ToyEnv(), TrainConfig(total_steps=7), str(tmp_path / "empty"), meta,
+                    tensorboard=False, log=lambda line: None).run()
+
+
+@pytest.mark.parametrize("bad, match", [({"total_steps": -5}, "total_steps"),
+                                        ({"checkpoint_every": -1}, "checkpoint_every"),
+                                        ({"reconnect_timeout_s": float("nan")}, "reconnect_timeout_s")])
+def test_out_of_range_train_settings_are_refused_by_every_entry_point(tmp_path, bad, match):
+    config = TrainConfig(**dict({"total_steps": 20}, **bad))
+    with pytest.raises(ValueError, match=match):
+        Trainer(small_agent(), ToyEnv(), config)
+    with pytest.raises(ValueError, match=match):
+        TrainingSession(small_agent(), ToyEnv(), config, str(tmp_path / "r"), {"robot": "toy", "task": "toy"})
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_refuses_a_negative_checkpoint_interval_and_an_occupied_folder(tmp_path, capsys):
+    yaml_path, out = tiny_agent_yaml(tmp_path, "td3"), str(tmp_path / "cli")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--env", "Pendulum-v1", "--steps", "50", "--checkpoint-every", "-1", "--out-dir", out])
+    assert exc.value.code == 2 and "--checkpoint-every must be >= 0" in capsys.readouterr().err
+    args = ["--env", "Pendulum-v1", "--agent-config", yaml_path, "--steps", "50", "--out-dir", out, "--no-progress",
+            "--no-tensorboard"]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    assert "already holds a training run" in capsys.readouterr().err
 
 
 def test_unknown_algorithm_is_a_clear_error():

@@ -87,6 +87,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--env trains on a gymnasium env; --robot/--task select the walking env: give one or the other")
     if args.offline_updates < 0:
         parser.error("--offline-updates must be >= 0")
+    if args.checkpoint_every < 0:
+        parser.error("--checkpoint-every must be >= 0 (0: only at the end)")
     if args.steps < 0 or (args.steps == 0 and args.offline_updates == 0):
         parser.error("--steps must be >= 1 (or 0 together with --offline-updates)")
 

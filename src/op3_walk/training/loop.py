@@ -43,12 +43,13 @@ class TrainConfig:
                                 "update in strict sequence", True)
 
     def validate(self) -> None:
-        if self.total_steps < 1:
-            raise ValueError("total_steps must be >= 1")
+        """ValueError for a setting out of range (called by :class:`Trainer`, so no entry point can skip it)."""
+        if self.total_steps < 0:
+            raise ValueError("total_steps must be >= 0, got %d" % self.total_steps)
         if self.checkpoint_every < 0:
-            raise ValueError("checkpoint_every must be >= 0")
-        if self.reconnect_timeout_s < 0:
-            raise ValueError("reconnect_timeout_s must be >= 0")
+            raise ValueError("checkpoint_every must be >= 0 (0 = only at the end), got %d" % self.checkpoint_every)
+        if not self.reconnect_timeout_s >= 0:
+            raise ValueError("reconnect_timeout_s must be >= 0, got %r" % self.reconnect_timeout_s)
 
 
 @dataclasses.dataclass
@@ -144,6 +145,7 @@ class Trainer:
                  should_stop: Optional[Callable[[], bool]] = None,
                  on_step: Optional[Callable[["Trainer"], None]] = None,
                  episodes_done: int = 0, log: Optional[Callable[[str], None]] = None):
+        config.validate()
         self.agent = agent
         self.envs = list(env) if isinstance(env, (list, tuple)) else [env]
         if not self.envs:

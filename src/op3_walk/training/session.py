@@ -151,6 +151,25 @@ def _mb(n: int) -> str:
     return "%.1f MB" % (n / 1e6) if n >= 1e5 else "%.0f kB" % (n / 1e3)
 
 
+class RunExistsError(ConfigError):
+    """A fresh (not resumed) session was pointed at a folder that already holds a run."""
+
+
+def existing_run(out_dir: str) -> List[str]:
+    """The files of an earlier run in ``out_dir`` that a fresh session would overwrite or append to: a checkpoint,
+    or an episode CSV with at least one episode row."""
+    found = []
+    checkpoint = os.path.join(out_dir, CHECKPOINT_NAME)
+    if os.path.exists(checkpoint):
+        found.append(checkpoint)
+    csv_path = os.path.join(out_dir, CSV_NAME)
+    if os.path.exists(csv_path):
+        with open(csv_path, "r", newline="") as fh:
+            if sum(1 for _ in zip(range(2), csv.reader(fh))) > 1:   # a header and at least one episode
+                found.append(csv_path)
+    return found
+
+
 def truncate_csv(path: str, episodes: int) -> int:
     """Keep the header and the rows of episodes ``1..episodes`` of an episode CSV (atomically); returns how many
     rows were dropped.  A run killed after its last checkpoint logged episodes the checkpoint does not know: a
@@ -184,17 +203,32 @@ class TrainingSession:
     the checkpoint came from drops CSV rows (and TensorBoard points) logged after that checkpoint, so a run killed
     between checkpoints continues without repeated episode numbers.
 
+    A fresh session (no ``resume``) never writes into a folder that holds an earlier run (a checkpoint or logged
+    episodes): it raises :class:`RunExistsError` before writing anything, naming the two ways on (resume, or another
+    folder).  ``discard_unsaved`` lets a fresh start take over a folder whose run never saved a checkpoint (a
+    learner restarted with ``resume: auto`` before its first checkpoint): its CSV rows are dropped, logged.
+
     ``log`` receives one line per checkpoint (size, replay memory size) and notes; default: stdout.
     """
 
     def __init__(self, agent: Any, env: Any, config: TrainConfig, out_dir: str, meta: Dict[str, Any],
                  resume: str = "", on_episode: Optional[List[Callable[[EpisodeRecord], None]]] = None,
                  should_stop: Optional[Callable[[], bool]] = None, progress: bool = False,
-                 tensorboard: bool = True, log: Optional[Callable[[str], None]] = None):
+                 tensorboard: bool = True, log: Optional[Callable[[str], None]] = None,
+                 discard_unsaved: bool = False):
+        config.validate()
         self.agent = agent
         self.env = env
         self.config = config
         self.out_dir = os.path.abspath(out_dir)
+        if not resume:
+            found = existing_run(self.out_dir)
+            if found and not (discard_unsaved and found == [os.path.join(self.out_dir, CSV_NAME)]):
+                raise RunExistsError(
+                    "%s already holds a training run (%s); a fresh start would overwrite it. Resume it (resume:=auto "
+                    "on the launch files, --resume %s on the command line), or give another output folder "
+                    "(out_dir:=... / --out-dir ...)" % (self.out_dir, ", ".join(os.path.basename(f) for f in found),
+                                                        os.path.join(self.out_dir, CHECKPOINT_NAME)))
         os.makedirs(self.out_dir, exist_ok=True)
         self.meta = dict(meta, algo=agent.algo, obs_dim=agent.obs_dim, act_dim=agent.act_dim)
         self.meta.setdefault("git", git_version())   # the code this session runs (a resumed run: the new code)
@@ -216,6 +250,11 @@ class TrainingSession:
             self.log("resumed from %s at env step %d, episode %d%s"
                      % (resume, agent.env_steps, episodes_done,
                         "; dropped %d CSV rows logged after that checkpoint" % dropped if dropped else ""))
+        elif discard_unsaved:
+            dropped = truncate_csv(self.csv_path, 0)
+            if dropped:
+                self.log("no checkpoint in %s: starting afresh, dropped the %d CSV rows of the run that saved none"
+                         % (self.out_dir, dropped))
         self.csv = EpisodeCsv(self.csv_path, loss_keys=loss_columns(agent))
         self.tb: Optional[TensorBoardLog] = None
         if tensorboard:
