@@ -10,6 +10,8 @@ from op3_walk.backends import STANDARD_GRAVITY, Backend, RobotState, quat_to_mat
 from op3_walk.backends.pybullet_backend import PyBulletBackend
 from op3_walk.robots import load_robot
 
+pytestmark = pytest.mark.sim  # runs PyBullet: `make test-portable` runs it under two OpenBLAS kernels
+
 
 def quat(axis, angle):
     axis = np.asarray(axis, dtype=float) / np.linalg.norm(axis)

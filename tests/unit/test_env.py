@@ -16,6 +16,8 @@ from op3_walk.envs import (PLEN_WALK_ID, REWARD_TERMS, RewardWeights, WalkEnv, l
                            observation_layout)
 from op3_walk.robots import load_robot
 
+pytestmark = pytest.mark.sim  # runs PyBullet: `make test-portable` runs it under two OpenBLAS kernels
+
 
 @pytest.fixture(scope="module")
 def env():

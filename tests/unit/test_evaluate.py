@@ -16,6 +16,8 @@ from op3_walk.policy.runtime import FORMAT, VERSION, expected_interface
 from op3_walk.robots.description import load_robot
 from op3_walk.training import evaluate as ev
 
+pytestmark = pytest.mark.sim  # runs PyBullet: `make test-portable` runs it under two OpenBLAS kernels
+
 
 class ScriptedBackend(Backend):
     """No physics: the torso moves at a constant velocity and yaw rate, every joint has a constant effort and
@@ -136,7 +138,9 @@ def test_gates_reach_the_backend(plen):
 
 
 def test_gates_change_the_pybullet_physics(plen):
-    """Friction and mass reach PyBullet's model; the lateral push moves the walking torso sideways."""
+    """Friction and mass reach PyBullet's model; the lateral push moves the walking torso sideways.  On three
+    seeded episodes each (a property of the physics, not of one trajectory; measured over seeds 0-9 on two
+    OpenBLAS kernels: energy x1.20-1.40 when heavy, nominal drift <= 0.0083 m, push +0.149-0.156 m sideways)."""
     reference = ev.reference_source("plen")
     with PyBulletBackend(plen) as backend:
         env = ev.make_env("plen", ev.REFERENCE_TASK, 60, backend)
@@ -145,18 +149,20 @@ def test_gates_change_the_pybullet_physics(plen):
                                  for i in range(-1, client.getNumJoints(backend._body)))
         ground_friction = lambda: client.getDynamicsInfo(backend._ground, -1)[1]  # noqa: E731
         push = ev.PushSpec(force=15.0, time_s=0.5, duration_s=0.1)
-        runs = {}
-        for gate in ("mass_high", "friction_low", "nominal", "push"):
-            runs[gate] = ev.run_episode(env, reference.act, ev.GATES[gate], 0, 60, push, GROUND_FRICTION, 0.496)
-            if gate == "mass_high":
-                assert total_mass() == pytest.approx(1.2 * ev.urdf_mass(plen.urdf_path))
-                assert ground_friction() == pytest.approx(GROUND_FRICTION)
-            if gate == "friction_low":
-                assert ground_friction() == pytest.approx(0.8 * GROUND_FRICTION)
-                assert total_mass() == pytest.approx(ev.urdf_mass(plen.urdf_path))
-    assert runs["mass_high"].energy > runs["nominal"].energy
-    assert runs["nominal"].lateral_drift < 0.02 and not runs["nominal"].fell
-    assert runs["push"].lateral_displacement > runs["nominal"].lateral_displacement + 0.03
+        for seed in range(3):
+            runs = {}
+            for gate in ("mass_high", "friction_low", "nominal", "push"):
+                runs[gate] = ev.run_episode(env, reference.act, ev.GATES[gate], seed, 60, push, GROUND_FRICTION,
+                                            0.496)
+                if gate == "mass_high":
+                    assert total_mass() == pytest.approx(1.2 * ev.urdf_mass(plen.urdf_path))
+                    assert ground_friction() == pytest.approx(GROUND_FRICTION)
+                if gate == "friction_low":
+                    assert ground_friction() == pytest.approx(0.8 * GROUND_FRICTION)
+                    assert total_mass() == pytest.approx(ev.urdf_mass(plen.urdf_path))
+            assert runs["mass_high"].energy > 1.05 * runs["nominal"].energy, (seed, runs)
+            assert runs["nominal"].lateral_drift < 0.02 and not runs["nominal"].fell, (seed, runs)
+            assert runs["push"].lateral_displacement > runs["nominal"].lateral_displacement + 0.03, (seed, runs)
 
 
 def test_reference_gait_walks_plen_forward():

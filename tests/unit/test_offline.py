@@ -254,6 +254,7 @@ def tiny_td3_yaml(tmp_path, learning_starts=10):
     return str(path)
 
 
+@pytest.mark.sim
 def test_train_prefill_then_offline_updates_then_env_steps(tmp_path, capsys):
     buf = walk_transitions(tmp_path)
     out = tmp_path / "run"
@@ -309,6 +310,7 @@ def test_zip_members_are_what_numpy_writes(tmp_path):
         assert json.loads(str(data["meta"]))["robot"] == "toy"
 
 
+@pytest.mark.sim
 def test_train_prefill_after_resume_extends_the_resumed_memory(tmp_path, capsys):
     buf = walk_transitions(tmp_path)
     config = tmp_path / "td3_buffer.yaml"

@@ -7,6 +7,8 @@ import pytest
 from op3_walk.backends.pybullet_backend import PyBulletBackend
 from op3_walk.robots import load_robot
 
+pytestmark = pytest.mark.sim  # runs PyBullet: `make test-portable` runs it under two OpenBLAS kernels
+
 
 def yaw_pitch(yaw, pitch):
     """Quaternion (x, y, z, w) of a yaw about z followed by a pitch about the new y."""

@@ -11,6 +11,8 @@ from gymnasium.utils.env_checker import check_env
 from op3_walk.config import ConfigError
 from op3_walk.envs import ENV_IDS, WalkEnv, load_task
 
+pytestmark = pytest.mark.sim  # runs PyBullet: `make test-portable` runs it under two OpenBLAS kernels
+
 NOMINAL = {"enabled": True, "friction": [0.8, 0.8], "mass_scale": [1.0, 1.0], "kp_scale": [1.0, 1.0],
            "latency_steps": [0, 0], "joint_position_noise": 0.0, "joint_velocity_noise": 0.0, "gyro_noise": 0.0,
            "orientation_noise": 0.0}
