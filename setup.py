@@ -1,16 +1,10 @@
 """Python package setup for catkin (``catkin_python_setup()``).
 
-Not meant for ``pip install``: catkin calls this to put ``src/op3_walk`` on the workspace's PYTHONPATH.
+Not meant for ``pip install``: catkin calls this to put ``src/op3_walk`` on the workspace's PYTHONPATH (devel
+space) and to install it into ``<prefix>/lib/python3/dist-packages`` (install space).  The sub-packages are found,
+not listed, so a new one cannot be left out of the install space.
 """
 from catkin_pkg.python_setup import generate_distutils_setup
-from setuptools import setup
+from setuptools import find_packages, setup
 
-setup(**generate_distutils_setup(packages=[
-    "op3_walk",
-    "op3_walk.agents",
-    "op3_walk.backends",
-    "op3_walk.envs",
-    "op3_walk.robots",
-    "op3_walk.ros",
-    "op3_walk.training",
-], package_dir={"": "src"}))
+setup(**generate_distutils_setup(packages=find_packages("src"), package_dir={"": "src"}))

@@ -13,7 +13,9 @@ mkdir -p "$STAMPS"
 ROS_PY=/usr/bin/python3          # the interpreter ROS1 is built for, on Noetic and on Debian 12 alike
 NOETIC_SETUP=/opt/ros/noetic/setup.bash
 APT_PACKAGES="ros-core-python-dev python3-rostest python3-rosbag python3-venv cmake g++"
-APT_EXTRAS="ros-robot-state-publisher python3-tf2-msgs"
+# Run-time extras the nodes and tests use (rviz is declared in package.xml but not installed here: Qt, large).
+# openssh-server and iproute2: the multi-host test (tests/integration/test_multihost.py) runs sshd in network namespaces
+APT_EXTRAS="ros-robot-state-publisher python3-tf2-msgs python3-tf2-ros python3-nav-msgs openssh-server iproute2"
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -45,16 +47,19 @@ if [ -f "$NOETIC_SETUP" ]; then
   set +u; source "$NOETIC_SETUP"; set -u
 fi
 
-# view.launch (robot_state_publisher) and the controller's odom -> torso TF (tf2_msgs). Small; installed on
-# Debian when missing. On Noetic they come with ros-noetic-desktop; a bare ros-base gets a hint.
+# view.launch (robot_state_publisher), the controller's TF and odometry (tf2_msgs, nav_msgs) and the tests' TF
+# lookups (tf2_ros). Small; installed on Debian when missing. On Noetic they come with ros-noetic-desktop; a bare
+# ros-base gets a hint.
 extras_ok() {
-  "$ROS_PY" -c 'import tf2_msgs.msg, diagnostic_msgs.msg, std_srvs.srv, rosgraph_msgs.msg' >/dev/null 2>&1 \
+  [ -x /usr/sbin/sshd ] && command -v ip >/dev/null 2>&1 && "$ROS_PY" -c 'import tf2_msgs.msg, tf2_ros, nav_msgs.msg, diagnostic_msgs.msg, std_srvs.srv, rosgraph_msgs.msg' \
+      >/dev/null 2>&1 \
     && { [ -x /usr/lib/robot_state_publisher/robot_state_publisher ] \
          || [ -x /opt/ros/noetic/lib/robot_state_publisher/robot_state_publisher ]; }
 }
 if ! extras_ok; then
   if [ -f "$NOETIC_SETUP" ]; then
-    log "ROS: robot_state_publisher or tf2_msgs missing; view.launch needs: sudo apt-get install ros-noetic-robot-state-publisher ros-noetic-tf2-msgs"
+    log "ROS: robot_state_publisher, tf2_ros or nav_msgs missing; view.launch and the tests need:" \
+      "sudo apt-get install ros-noetic-robot-state-publisher ros-noetic-tf2-msgs ros-noetic-tf2-ros ros-noetic-nav-msgs openssh-server iproute2"
   elif command -v apt-get >/dev/null 2>&1; then
     [ "$(id -u)" = 0 ] && SUDO="" || SUDO="sudo"
     log "ROS: installing $APT_EXTRAS"

@@ -52,7 +52,7 @@ from op3_walk.config import doc
 from op3_walk.robots.description import load_robot
 from op3_walk.ros.conversions import imu_message, joint_state_message
 from op3_walk.ros.gazebo_bridge import NS_PER_S, model_states_class
-from op3_walk.ros.params import load_private_params, run_node
+from op3_walk.ros.params import load_private_params, parse_node_args, run_node
 
 LABEL = "gazebo_standin (PyBullet stand-in for Gazebo, NOT Gazebo)"
 
@@ -239,6 +239,7 @@ class GazeboStandin:
 
 
 def main() -> None:
+    parse_node_args("gazebo_standin", GazeboStandinParams, __doc__)   # --help without a master
     def body() -> None:
         node = GazeboStandin(load_private_params(GazeboStandinParams))
         try:

@@ -54,7 +54,7 @@ from op3_walk.robots.description import load_robot
 from op3_walk.robots.kinematics import rpy_matrix
 from op3_walk.backends.base import matrix_to_quaternion
 from op3_walk.ros.op3_bridge import FRAMEWORK_CYCLE_S, robotis_message_class
-from op3_walk.ros.params import load_private_params, run_node
+from op3_walk.ros.params import load_private_params, parse_node_args, run_node
 
 LABEL = "op3_standin (PyBullet stand-in for the ROBOTIS framework, NOT the robot)"
 MOTION_MODULE_MODE, DIRECT_CONTROL_MODE = "MotionModuleMode", "DirectControlMode"
@@ -295,6 +295,7 @@ class Op3Standin:
 
 
 def main() -> None:
+    parse_node_args("op3_standin", Op3StandinParams, __doc__)   # --help without a master
     def body() -> None:
         node = Op3Standin(load_private_params(Op3StandinParams))
         try:

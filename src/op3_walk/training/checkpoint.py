@@ -7,11 +7,18 @@ only types that ``torch.load(weights_only=True)`` accepts: tensors, ``None``, bo
 lists/tuples/dicts of them.
 Loading never unpickles arbitrary objects.
 
+Networks must be finite: a payload whose weights or optimiser state hold a NaN or an infinity is neither saved
+(a diverged learner must not overwrite the last good checkpoint) nor loaded.  The replay memory (any ``memory``
+entry) is data, not a network, and is not checked.
+
 Saving is atomic: the file is written to a temporary name in the same directory, flushed and fsync'ed, then
 renamed over the target (``os.replace``) and the directory is fsync'ed.  A crash or error mid-save leaves the
 previous checkpoint intact and no temporary file behind.
 """
+import errno
+import inspect
 import os
+import shutil
 import time
 import uuid
 from typing import Any, Dict, Optional, Tuple
@@ -48,6 +55,61 @@ def _check_safe(obj: Any, where: str) -> None:
         return
     raise ValueError("%s: a %s.%s cannot be stored in a checkpoint (use tensors, numbers, strings, lists, dicts)"
                      % (where, type(obj).__module__, type(obj).__qualname__))
+
+
+def first_non_finite(obj: Any, where: str = "payload") -> Optional[str]:
+    """Key path of the first floating-point tensor in ``obj`` holding a NaN or an infinity (``memory`` entries,
+    the replay data, are skipped); None when all are finite."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return where
+        return None
+    if isinstance(obj, dict):
+        items = ((k, v) for k, v in obj.items() if k != "memory")
+        items = (("%s.%s" % (where, k), v) for k, v in items)
+    elif isinstance(obj, (list, tuple)):
+        items = (("%s[%d]" % (where, i), v) for i, v in enumerate(obj))
+    else:
+        return None
+    for path, value in items:
+        found = first_non_finite(value, path)
+        if found:
+            return found
+    return None
+
+
+class _WriteErrors:
+    """A binary file that remembers the first ``OSError`` of a write: torch's zip writer swallows it and reports
+    ``[enforce fail at inline_container.cc] . unexpected pos``, which says nothing of a full disk."""
+
+    def __init__(self, fh: Any):
+        self.fh = fh
+        self.error: Optional[OSError] = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
+
+def _write_failure(path: str, directory: str, exc: BaseException, writer: Optional[_WriteErrors]) -> str:
+    """A one-line reason for a failed write, naming a full disk as such."""
+    cause: BaseException = writer.error if writer is not None and writer.error is not None else exc
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(directory).free
+        except OSError:
+            free = -1
+        return ("cannot write checkpoint %s: no space left on device (%s; %s free in %s); the previous checkpoint "
+                "is kept" % (path, cause.strerror or cause, "%.1f MB" % (free / 1e6) if free >= 0 else "?",
+                             directory))
+    return "cannot write checkpoint %s: %s" % (path, cause)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -91,6 +153,10 @@ def save_checkpoint(path: str, payload: Dict[str, Any], meta: Dict[str, Any]) ->
     meta.setdefault("created", time.time())
     _check_safe(meta, "meta")
     _check_safe(payload, "payload")
+    bad = first_non_finite(payload)
+    if bad:
+        raise CheckpointError("not saving checkpoint %s: %s holds non-finite values (NaN or inf; the learner diverged); "
+                              "the previous checkpoint is kept" % (path, bad))
     blob = {"format": FORMAT, "version": VERSION, "meta": meta, "payload": payload}
 
     directory = os.path.dirname(os.path.abspath(path))
@@ -98,10 +164,12 @@ def save_checkpoint(path: str, payload: Dict[str, Any], meta: Dict[str, Any]) ->
         os.makedirs(directory, exist_ok=True)
         fd, tmp_path = _create_temp(directory, os.path.basename(path))
     except OSError as exc:
-        raise CheckpointError("cannot write checkpoint %s: %s" % (path, exc)) from exc
+        raise CheckpointError(_write_failure(path, directory, exc, None)) from exc
+    writer = None
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(blob, fh)
+            writer = _WriteErrors(fh)
+            torch.save(blob, writer)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -111,18 +179,37 @@ def save_checkpoint(path: str, payload: Dict[str, Any], meta: Dict[str, Any]) ->
         except OSError:
             pass
         if isinstance(exc, Exception):
-            raise CheckpointError("cannot write checkpoint %s: %s" % (path, exc)) from exc
+            raise CheckpointError(_write_failure(path, directory, exc, writer)) from exc
         raise  # KeyboardInterrupt / SystemExit stay what they are
     _fsync_dir(directory)
     return path
+
+
+def _load_kwargs(mmap: bool) -> Dict[str, Any]:
+    """Keyword arguments of ``torch.load`` for a checked load, by what this torch names in its signature.
+
+    ``weights_only`` (torch >= 1.13) is required: without it loading would unpickle arbitrary objects.  ``mmap``
+    (torch >= 2.1) is only an optimisation: an older torch hands an unknown keyword on to the unpickler
+    (``**pickle_load_args``), whose TypeError would otherwise read as a corrupt file, so it is passed only where
+    ``torch.load`` names it.
+    """
+    params = inspect.signature(torch.load).parameters
+    if "weights_only" not in params:
+        raise CheckpointError("torch %s cannot load checkpoints safely (torch.load has no weights_only); op3_walk "
+                              "needs torch >= 2.1 (requirements.txt)" % getattr(torch, "__version__", "?"))
+    kwargs: Dict[str, Any] = {"map_location": "cpu", "weights_only": True}
+    if mmap and "mmap" in params:
+        kwargs["mmap"] = True
+    return kwargs
 
 
 def _read(path: str, mmap: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(payload, meta)`` of a checked checkpoint file; CheckpointError otherwise."""
     if not os.path.isfile(path):
         raise CheckpointError("checkpoint %s does not exist" % path)
+    kwargs = _load_kwargs(mmap)   # outside the try: an API mismatch is not a corrupt file
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        blob = torch.load(path, **kwargs)
     except Exception as exc:  # truncated zip, random bytes, disallowed types, I/O errors
         raise CheckpointError("checkpoint %s cannot be read (truncated, corrupt or not a checkpoint): %s"
                               % (path, exc)) from exc
@@ -154,18 +241,23 @@ def _check_expect(path: str, meta: Dict[str, Any], expect: Optional[Dict[str, An
 def load_checkpoint(path: str, expect: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(payload, meta)`` from ``path``, tensors on the CPU.
 
-    A missing, truncated or corrupt file, a file of another format or of a newer version, or a ``meta`` that
-    differs from ``expect`` on any of its keys raises ``CheckpointError`` naming the file.
+    A missing, truncated or corrupt file, a file of another format or of a newer version, a ``meta`` that
+    differs from ``expect`` on any of its keys, or networks holding NaN or inf raise ``CheckpointError`` naming
+    the file.
     """
     payload, meta = _read(path)
     _check_expect(path, meta, expect)
+    bad = first_non_finite(payload)
+    if bad:
+        raise CheckpointError("checkpoint %s is unusable: %s holds non-finite values (NaN or inf)" % (path, bad))
     return payload, meta
 
 
 def read_meta(path: str, expect: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """``meta`` of a checkpoint, with the same checks as :func:`load_checkpoint`.
 
-    Tensors are memory-mapped rather than read, so this is cheap even when the checkpoint holds a replay memory.
+    Tensors are memory-mapped rather than read (torch >= 2.1), so this is cheap even when the checkpoint holds a
+    replay memory.
     """
     _, meta = _read(path, mmap=True)
     _check_expect(path, meta, expect)
