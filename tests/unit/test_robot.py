@@ -15,6 +15,7 @@ from op3_walk.backends.pybullet_backend import PyBulletBackend
 from op3_walk.config import ConfigError
 from op3_walk.robots import load_robot, op3_urdf, plen_urdf
 from op3_walk.robots.description import LEG_JOINT_ROLES
+from op3_walk.robots.urdf_writer import BASE_JOINT, BASE_LINK
 
 PLEN_YAML = os.path.join(CONFIG_DIR, "robots", "plen.yaml")
 GENERATORS = {"plen": plen_urdf, "op3": op3_urdf}
@@ -208,7 +209,7 @@ def test_module_entry_point_exit_status(tmp_path):
 @pytest.mark.parametrize("name", ROBOTS)
 def test_urdf_joints_follow_the_yaml(name):
     robot = load_robot(name)
-    joints = _urdf_root(robot).findall("joint")
+    joints = [j for j in _urdf_root(robot).findall("joint") if j.get("name") != BASE_JOINT]  # base_link -> torso
     assert [j.get("name") for j in joints] == list(robot.joint_names)
     for element, cfg in zip(joints, robot.joints):
         assert element.get("type") == "revolute"
@@ -222,7 +223,7 @@ def test_urdf_joints_follow_the_yaml(name):
 @pytest.mark.parametrize("name, n_links, mass", [("plen", 19, 0.496), ("op3", 21, OP3_MASS)])
 def test_urdf_mass_and_inertias(name, n_links, mass):
     robot = load_robot(name)
-    links = _urdf_root(robot).findall("link")
+    links = [link for link in _urdf_root(robot).findall("link") if link.get("name") != BASE_LINK]  # massless root
     assert len(links) == n_links
     total = 0.0
     masses = {}
@@ -308,7 +309,7 @@ def test_right_side_mirrors_left(plen, kinematics):
 # -- ROBOTIS OP3 sign conventions ---------------------------------------------------------------------------------
 def test_op3_axes_are_robotis(op3):
     axes = {j.get("name"): tuple(float(v) for v in j.find("axis").get("xyz").split())
-            for j in _urdf_root(op3).findall("joint")}
+            for j in _urdf_root(op3).findall("joint") if j.get("name") != BASE_JOINT}
     assert axes == ROBOTIS_AXES
 
 
@@ -364,7 +365,7 @@ def test_op3_stance_is_a_flat_footed_crouch_with_arms_down(op3, op3_kinematics):
 def _joint_frames(robot):
     """joint name -> (origin, unit axis) in the torso frame at zero angles, and link -> its frame origin."""
     root = _urdf_root(robot)
-    joints = {j.get("name"): j for j in root.findall("joint")}
+    joints = {j.get("name"): j for j in root.findall("joint") if j.get("name") != BASE_JOINT}
     by_child = {j.find("child").get("link"): j for j in joints.values()}
     link_origin = {robot.torso_link: np.zeros(3)}
 
@@ -426,6 +427,7 @@ def _sole_offset(robot, foot):
                for c in link.findall("collision"))
 
 
+@pytest.mark.sim
 @pytest.mark.parametrize("name", ROBOTS)
 def test_stands_for_five_seconds_holding_the_stance(name):
     robot = load_robot(name)

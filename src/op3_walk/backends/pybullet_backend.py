@@ -4,8 +4,15 @@ Each backend owns a ``BulletClient`` (several can live in one process).  ``reset
 (``resetSimulation`` + ``loadURDF``) so that an episode never depends on the previous one: the same calls give
 bit-identical states.  Joints are driven by PyBullet's POSITION_CONTROL motor with the robot's kp/kd gains, torque
 limited to each joint's effort and speed limited to its velocity.
+
+The robot's URDF has a massless root ``base_link`` (REP 105) fixed to the torso; PyBullet would make a massless base
+static, so the backend loads the model without that root (``torso_rooted_urdf``): the torso is the floating base,
+as it always was, and ``base_link`` coincides with it (``RobotState`` base pose = torso link frame = base_link).
 """
 import dataclasses
+import os
+import tempfile
+import weakref
 import xml.etree.ElementTree as ElementTree
 from typing import Optional, Sequence, Tuple
 
@@ -27,6 +34,65 @@ CAMERA_DISTANCE = 0.6       # m, render_rgb camera distance from the torso
 CAMERA_YAW_DEG = 45.0       # deg, camera azimuth about world z
 CAMERA_PITCH_DEG = -20.0    # deg, camera elevation (negative looks down)
 CAMERA_FOV_DEG = 60.0       # deg, vertical field of view
+
+
+def _is_identity_origin(joint: ElementTree.Element) -> bool:
+    origin = joint.find("origin")
+    if origin is None:
+        return True
+    values = (origin.get("xyz", "0 0 0") + " " + origin.get("rpy", "0 0 0")).split()
+    try:
+        return len(values) == 6 and all(float(v) == 0.0 for v in values)
+    except ValueError:
+        return False
+
+
+def torso_rooted_urdf(urdf_path: str, torso_link: str) -> Optional[str]:
+    """The URDF text PyBullet must load for ``urdf_path``, or None when the file can be loaded as it is.
+
+    A URDF whose root is ``torso_link`` loads as it is.  A URDF whose root is a massless link (no ``<inertial>``, or a
+    zero mass) fixed to ``torso_link`` by an identity joint (REP 105's ``base_link``, as the generators write it) is
+    returned without that root link and joint: the torso becomes PyBullet's base again, everything else (order,
+    numbers) is unchanged, so the simulation is the same as for a torso-rooted file.  Relative mesh paths are made
+    absolute (the text is loaded from a temporary file).  Any other root: ValueError.
+    """
+    try:
+        tree = ElementTree.parse(urdf_path)
+    except (OSError, ElementTree.ParseError) as exc:
+        raise ValueError("cannot read URDF %s: %s" % (urdf_path, exc)) from None
+    robot = tree.getroot()
+    joints = robot.findall("joint")
+    children = {j.find("child").get("link") for j in joints}
+    roots = [link for link in robot.findall("link") if link.get("name") not in children]
+    if len(roots) != 1:
+        raise ValueError("URDF %s: expected one root link, found %s"
+                         % (urdf_path, [r.get("name") for r in roots] or "none"))
+    root = roots[0]
+    name = root.get("name")
+    if name == torso_link:
+        return None
+    mass = root.find("inertial/mass")
+    from_root = [j for j in joints if j.find("parent").get("link") == name]
+    if ((root.find("inertial") is not None and (mass is None or float(mass.get("value", "0")) != 0.0))
+            or len(from_root) != 1 or from_root[0].get("type") != "fixed"
+            or from_root[0].find("child").get("link") != torso_link or not _is_identity_origin(from_root[0])):
+        raise ValueError("URDF %s: the root link %s must be the torso link %s, or a massless link fixed to it with an "
+                         "identity origin (REP 105 base_link)" % (urdf_path, name, torso_link))
+    robot.remove(root)
+    robot.remove(from_root[0])
+    folder = os.path.dirname(os.path.abspath(urdf_path))
+    for mesh in robot.iter("mesh"):
+        filename = mesh.get("filename", "")
+        if filename and "://" not in filename and not os.path.isabs(filename):
+            mesh.set("filename", os.path.join(folder, filename))
+    return ElementTree.tostring(robot, encoding="unicode")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class PyBulletBackend(Backend):
@@ -51,7 +117,15 @@ class PyBulletBackend(Backend):
         self._masses = np.zeros(0)  # kg: base, then links in PyBullet order
         self._total_mass = 0.0
         self._targets = robot.stance
-        self._link_names = self._read_link_names(robot.urdf_path, robot.torso_link)
+        self._sim_urdf = robot.urdf_path   # what PyBullet loads: the torso-rooted model (see torso_rooted_urdf)
+        self._sim_urdf_cleanup = None
+        text = torso_rooted_urdf(robot.urdf_path, robot.torso_link)
+        if text is not None:
+            fd, self._sim_urdf = tempfile.mkstemp(prefix="op3_walk_%s_" % robot.name, suffix=".urdf")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            self._sim_urdf_cleanup = weakref.finalize(self, _remove, self._sim_urdf)
+        self._link_names = self._read_link_names(self._sim_urdf, robot.torso_link)
         self._friction = GROUND_FRICTION
         self._mass_scales = np.ones(len(self._link_names))
         self._kp_scales = np.ones(robot.n_joints)
@@ -90,7 +164,7 @@ class PyBulletBackend(Backend):
                                            visualFramePosition=(0.0, 0.0, -1e-4), rgbaColor=GROUND_COLOR)
         self._ground = c.createMultiBody(0.0, plane, plane_visual)
         c.changeDynamics(self._ground, -1, lateralFriction=self._friction, restitution=GROUND_RESTITUTION)
-        self._body = c.loadURDF(self.robot.urdf_path, list(base_position), list(base_orientation),
+        self._body = c.loadURDF(self._sim_urdf, list(base_position), list(base_orientation),
                                 flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
         joints, links = {}, {self._decode(c.getBodyInfo(self._body)[0]): -1}
         for index in range(c.getNumJoints(self._body)):
@@ -243,6 +317,8 @@ class PyBulletBackend(Backend):
                 self._client.disconnect()
             except pybullet.error:
                 pass
+            if self._sim_urdf_cleanup is not None:
+                self._sim_urdf_cleanup()
 
     def render_rgb(self, width: int = 320, height: int = 240) -> np.ndarray:
         """Image (height, width, 3) uint8 from a camera following the torso (TinyRenderer, no GPU needed)."""

@@ -11,8 +11,9 @@ Joint axes are ROBOTIS's, so an angle means on this model what it means on the r
 negated (``right_negated``): ROBOTIS's right axes are the mirrored left ones reversed, so a symmetric pose reads
 r = -l for every joint (e.g. ``l_knee`` +1.14, ``r_knee`` -1.14 rad).
 
-Frames: the torso link is ROBOTIS's ``body_link`` (origin at the hip yaw joints' height, between them); link names
-are ROBOTIS's.  Head and arm joints sit where ROBOTIS puts them.  The legs keep ROBOTIS's hip point, axes, thigh,
+Frames: the torso link is ROBOTIS's ``body_link`` (origin at the hip yaw joints' height, between them), fixed under
+the massless root ``base_link`` (REP 105) with an identity origin; link names are ROBOTIS's.  Head and arm joints
+sit where ROBOTIS puts them.  The legs keep ROBOTIS's hip point, axes, thigh,
 shin and ankle height but place every leg joint frame on the leg's vertical line (ROBOTIS offsets the roll and pitch
 frames sideways along their own axes and the knee 0.1 mm forward), so that at zero angles the hip yaw, roll and pitch
 axes meet in the hip point, the ankle pitch and roll axes meet in the ankle point, hip, knee and ankle are vertically

@@ -5,9 +5,10 @@ and what it carries.  Geometry is written for the left side and mirrored (y -> -
 axis flips its x and z parts, so roll and yaw axes change sign on the right and pitch axes do not, which keeps one set
 of limit numbers and "positive roll/yaw = outward" on both sides.
 
-Frames: torso origin at the centre of the torso box.  Each link's frame is at its parent joint.  Collision geometry is
-one primitive per link (box or cylinder); the visual is the same shape; inertia is the solid shape's.  The writing
-itself (shapes, XML, mirroring, the command line) is ``op3_walk.robots.urdf_writer``, shared with the OP3.
+Frames: ``base_link`` (the massless root, REP 105) = the ``torso`` link frame, origin at the centre of the torso
+box.  Each link's frame is at its parent joint.  Collision geometry is one primitive per link (box or cylinder); the
+visual is the same shape; inertia is the solid shape's.  The writing itself (shapes, XML, mirroring, the command
+line) is ``op3_walk.robots.urdf_writer``, shared with the OP3.
 
     python -m op3_walk.robots.plen_urdf          # rewrite urdf/plen.urdf
     python -m op3_walk.robots.plen_urdf --check  # exit 1 if the committed file is stale

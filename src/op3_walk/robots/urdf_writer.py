@@ -14,17 +14,26 @@ Mirroring a rotation axis through the x-z plane flips its x and z parts (it is a
 
 Each link's frame is at its parent joint; collision geometry is one primitive per link (box or cylinder), the visual
 is the same shape and the inertia is the solid shape's, about its centre (the link's centre of mass).
+
+The root link is ``base_link`` (REP 105): massless (no ``<inertial>``, so KDL / robot_state_publisher do not warn about
+an inertia on the root), fixed to the torso link with an identity origin, so ``base_link`` *is* the body frame that
+``RobotState.base_position``/``base_orientation`` report and the controller publishes as ``odom -> base_link``.
+PyBullet would take a massless root for a static base; ``op3_walk.backends.pybullet_backend`` therefore loads the
+model without it (``torso_rooted_urdf``): the torso stays the simulated floating base, with the same physics.
 """
 import argparse
 import dataclasses
 import os
 import sys
+import xml.etree.ElementTree as ElementTree
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from op3_walk.robots.description import RobotConfig, load_robot
 
 Vec3 = Tuple[float, float, float]
 SIDES = ("l", "r")
+BASE_LINK = "base_link"    # REP 105 body frame: the massless root link, fixed to the torso link
+BASE_JOINT = "base_joint"  # the fixed joint base_link -> torso link (identity origin)
 
 
 def fmt(values: Sequence[float]) -> str:
@@ -121,6 +130,31 @@ def link_xml(name: str, shape: Shape, mass: float, material: str) -> List[str]:
     ]
 
 
+def base_xml(torso_link: str) -> List[str]:
+    """The massless root ``base_link`` and the fixed, identity joint that carries the torso link."""
+    return [
+        '  <link name="%s"/>' % BASE_LINK,
+        '  <joint name="%s" type="fixed">' % BASE_JOINT,
+        '    <parent link="%s"/>' % BASE_LINK,
+        '    <child link="%s"/>' % torso_link,
+        '    <origin xyz="0 0 0" rpy="0 0 0"/>',
+        "  </joint>",
+    ]
+
+
+def root_link(urdf_path: str) -> str:
+    """Name of the root link of a URDF file (the one link that is no joint's child); ValueError if none or several."""
+    try:
+        root = ElementTree.parse(urdf_path).getroot()
+    except (OSError, ElementTree.ParseError) as exc:
+        raise ValueError("cannot read URDF %s: %s" % (urdf_path, exc)) from None
+    children = {j.find("child").get("link") for j in root.iter("joint")}
+    roots = [link.get("name") for link in root.findall("link") if link.get("name") not in children]
+    if len(roots) != 1:
+        raise ValueError("URDF %s: expected one root link, found %s" % (urdf_path, roots or "none"))
+    return roots[0]
+
+
 def joint_xml(name: str, parent: str, child: str, origin: Vec3, axis: Vec3,
               lower: float, upper: float, effort: float, velocity: float) -> List[str]:
     """A revolute ``<joint>``."""
@@ -179,6 +213,7 @@ class UrdfModel:
         ]
         for material, rgba in self.materials.items():
             lines += ['  <material name="%s">' % material, '    <color rgba="%s"/>' % fmt(rgba), "  </material>"]
+        lines += base_xml(robot.torso_link)
         lines += link_xml(robot.torso_link, *self.torso)
         placed = set()
         for joint in robot.joints:
