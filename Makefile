@@ -13,6 +13,10 @@ WITH_ENV := source ./env.sh &&
 DEMO_STEPS ?= 12000
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
+# make test-portable: the simulation unit tests (pytest -m sim) under each of these OpenBLAS kernels the CPU can run,
+# plus the fallbacks while fewer than two distinct kernels ran (tests/unit/blas_kernel.py chooses)
+PORTABLE_KERNELS ?= Haswell SkylakeX
+PORTABLE_FALLBACK ?= Prescott
 # Benchmarks (tools/bench_agents.py; results go to docs/benchmarks.md, runs to out/bench)
 BENCH_ALGOS ?= td3,ddpg,sac,dqn
 BENCH_SEEDS ?= 0,1,2
@@ -20,6 +24,10 @@ BENCH_ARGS ?=
 BIPEDAL_STEPS ?= 1000000
 BIPEDAL_SEEDS ?= 0
 BIPEDAL_ARGS ?= --no-sb3
+# Soak (tools/soak.py; figures go to docs/benchmarks.md, samples to out/soak)
+SOAK_MINUTES ?= 60
+SOAK_SAMPLE_S ?= 60
+SOAK_ARGS ?=
 # Walking recipes (docs/results.md): make walk ROBOT=op3 SEED=0
 ROBOT ?= plen
 SEED ?= 0
@@ -28,7 +36,7 @@ WALK_STEPS_plen := 60000
 WALK_STEPS_op3 := 150000
 WALK_DIR = $(WALK_OUT)/$(ROBOT)_s$(SEED)
 
-.PHONY: help setup demo walk test test-unit test-hardware test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros bench-hardware
+.PHONY: help setup demo walk test test-portable test-unit test-hardware test-integration urdf clean distclean bench-setup bench-agents bench-bipedal bench-ros bench-hardware soak
 
 help:
 	@echo "make demo              short headless TD3 training through ROS on PyBullet (DEMO_STEPS=$(DEMO_STEPS), DEMO_OUT=$(DEMO_OUT))"
@@ -36,6 +44,8 @@ help:
 	@echo "make walk              the walking recipe of ROBOT=plen|op3 with SEED=0: train (PLEN $(WALK_STEPS_plen), OP3"
 	@echo "                       $(WALK_STEPS_op3) env steps, ~12 / ~33 min; plus evaluation), export, evaluate; in WALK_OUT/ROBOT_sSEED"
 	@echo "make test-unit         tests/unit only (no ROS master)"
+	@echo "make test-portable     the simulation unit tests under two OpenBLAS kernels (PORTABLE_KERNELS=$(PORTABLE_KERNELS)"
+	@echo "                       where the CPU runs them); make test runs it too"
 	@echo "make test-hardware     tests/hardware only (real Adafruit drivers on the simulated I2C bus)"
 	@echo "make test-integration  tests/integration only (starts its own roscore)"
 	@echo "make setup             install ROS1 / venv / Python deps and build the catkin workspace (idempotent)"
@@ -47,6 +57,9 @@ help:
 	@echo "make bench-hardware    PLEN control loop at 50 Hz on the simulated I2C bus: tick period, jitter, I2C time vs"
 	@echo "                       the config's estimate, 100 kHz and reads_per_tick rows (~2.5 min; torch-free;"
 	@echo "                       BENCH_HARDWARE_ARGS=...); writes docs/benchmarks.md"
+	@echo "make soak              $(SOAK_MINUTES) min of lockstep training + realtime deploy on PyBullet through ROS: RSS, open"
+	@echo "                       fds, threads of every node each SOAK_SAMPLE_S=$(SOAK_SAMPLE_S) s; checks nothing is lost"
+	@echo "                       (SOAK_MINUTES=, SOAK_ARGS=...); writes docs/benchmarks.md, docs/img/soak.png, out/soak"
 	@echo "make bench-bipedal     TD3 on BipedalWalker-v3, BIPEDAL_STEPS=$(BIPEDAL_STEPS) (hours; ours only unless"
 	@echo "                       BIPEDAL_ARGS= is given)"
 	@echo "make clean             remove out/; make distclean also removes .venv, .ws and stamps"
@@ -71,6 +84,24 @@ walk: setup
 
 test: setup
 	@$(WITH_ENV) python -m pytest tests/unit tests/hardware tests/integration $(PYTEST_ARGS)
+	@$(RUN_TEST_PORTABLE)
+
+# Simulated trajectories differ in the last bits between BLAS kernels (README "Determinism"): the sim tests must hold
+# under each kernel, not only this machine's.  Exit status 5 (no test selected, e.g. by a PYTEST_ARGS -k) is fine.
+RUN_TEST_PORTABLE = $(WITH_ENV) plan="$$(python tests/unit/blas_kernel.py --choose $(PORTABLE_KERNELS) \
+	  --fallback $(PORTABLE_FALLBACK))"; \
+	if [ -z "$$plan" ]; then echo "[test-portable] SKIPPED: no OpenBLAS kernel to choose here (see above)"; exit 0; fi; \
+	echo "[test-portable] numpy's OpenBLAS kernels to run the sim tests under: $$plan (OPENBLAS_CORETYPE:kernel)"; \
+	for entry in $$plan; do \
+	  echo "[test-portable] pytest -m sim with OPENBLAS_CORETYPE=$${entry%%:*} (kernel $${entry\#*:})"; rc=0; \
+	  OPENBLAS_CORETYPE=$${entry%%:*} OP3_WALK_BLAS_KERNEL=$${entry\#*:} python -m pytest tests/unit -m sim -q \
+	    $(PYTEST_ARGS) || rc=$$?; \
+	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; \
+	done; \
+	[ "$${plan\#* }" != "$$plan" ] || echo "[test-portable] only one kernel ran: nothing compared on this machine"
+
+test-portable: setup
+	@$(RUN_TEST_PORTABLE)
 
 test-unit: setup
 	@$(WITH_ENV) python -m pytest tests/unit $(PYTEST_ARGS)
@@ -102,6 +133,9 @@ bench-ros: setup
 
 bench-hardware: setup
 	@$(WITH_ENV) python tools/bench_hardware.py $(BENCH_HARDWARE_ARGS)
+
+soak: setup
+	@$(WITH_ENV) python tools/soak.py --minutes $(SOAK_MINUTES) --sample-s $(SOAK_SAMPLE_S) $(SOAK_ARGS)
 
 bench-bipedal: bench-setup
 	@$(WITH_ENV) python tools/bench_agents.py --bipedal --steps $(BIPEDAL_STEPS) --seeds $(BIPEDAL_SEEDS) $(BIPEDAL_ARGS)

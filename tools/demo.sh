@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # `make demo`: a short headless training session through ROS on PyBullet.
 # Uses the ROS master at $ROS_MASTER_URI if one answers, else starts roscore (and stops it at the end).
-# Leaves in the output folder: checkpoint.pt, episodes.csv, learning_curve.png, session.bag.
+# Leaves in the output folder: checkpoint.pt, episodes.csv, learning_curve.png, session.bag, session_status.
+# Any further NAME:=VALUE arguments go to train.launch (e.g. robot:=op3 task:=...).
+# The launch runs through `rosrun op3_walk session` (src/op3_walk/ros/launch_session.py), which exits non-zero
+# unless the learner reports that it completed: roslaunch itself exits 0 when a required node dies.
+# Exit status: 0 when the learner completed its budget (it writes session_status "completed" and ends the launch
+# itself); 1 when it did not (it crashed or failed), or when an output is missing; 2 on a usage error; 130 on Ctrl-C.
 set -euo pipefail
 STEPS=12000
 OUT=out/demo
+LAUNCH_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) STEPS="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    *) echo "usage: demo.sh [--steps N] [--out DIR]" >&2; exit 2 ;;
+    *:=*) LAUNCH_ARGS+=("$1"); shift ;;
+    *) echo "usage: demo.sh [--steps N] [--out DIR] [train.launch ARG:=VALUE ...]" >&2; exit 2 ;;
   esac
 done
 command -v roslaunch >/dev/null || { echo "demo: ROS not in this shell (source env.sh)" >&2; exit 1; }
 OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
-rm -f "$OUT"/checkpoint.pt "$OUT"/episodes.csv "$OUT"/learning_curve.png "$OUT"/session*.bag*
+rm -f "$OUT"/checkpoint.pt "$OUT"/episodes.csv "$OUT"/learning_curve.png "$OUT"/session*.bag* "$OUT"/session_status
 
 export ROS_MASTER_URI="${ROS_MASTER_URI:-http://localhost:11311}"
 ROSCORE_PID=""
@@ -47,11 +54,21 @@ fi
 echo "demo: training TD3 on PLEN for $STEPS env steps (watch from another shell: source env.sh;"
 echo "      rostopic echo /walker/episode ; rostopic hz /walker/state)"
 START=$(date +%s)
-roslaunch op3_walk train.launch headless:=true record:=true steps:="$STEPS" out_dir:="$OUT" seed:=0 &
+rosrun op3_walk session train.launch headless:=true record:=true steps:="$STEPS" out_dir:="$OUT" seed:=0 \
+  ${LAUNCH_ARGS[@]+"${LAUNCH_ARGS[@]}"} &
 LAUNCH_PID=$!
-wait "$LAUNCH_PID"
+RC=0
+wait "$LAUNCH_PID" || RC=$?
 LAUNCH_PID=""
 echo "demo: training session took $(( $(date +%s) - START )) s"
+# The learner writes session_status at its normal end; a crash writes nothing (roslaunch still exits 0, the
+# session wrapper does not).
+STATUS="$(cat "$OUT/session_status" 2>/dev/null || true)"
+if [ "$RC" != 0 ] || [ "$STATUS" != completed ]; then
+  echo "demo: FAILED: the training session did not complete (session exit status $RC, learner status:" \
+       "${STATUS:-none written}); see the log above" >&2
+  exit 1
+fi
 
 missing=0
 for f in checkpoint.pt episodes.csv learning_curve.png session.bag; do

@@ -136,6 +136,35 @@ def test_a_scripted_bad_policy_meets_every_intervention_at_the_pulse_level(plen)
         safe.close()
 
 
+@pytest.mark.parametrize("axis", [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0)])
+def test_the_simulated_imu_tilts_and_an_estop_reset_is_refused_until_the_robot_is_upright(plen, axis):
+    """The simulated PLEN's torso can be tilted (SimulatedPlen.tilt): the real BNO055 driver reads it through the
+    IMU mounting, and the safety layer refuses reset_estop while the torso leans beyond reset_max_tilt_rad."""
+    backend = opened(plen)
+    cfg = load_safety_config(plen, overrides={"start_ramp_s": 0.1, "shutdown_ramp_s": 0.0})
+    safe = SafeBackend(backend, plen, cfg)
+    try:
+        safe.reset(plen.stance, (0.0, 0.0, 0.16))
+        assert safe.step().tilt() == pytest.approx(0.0, abs=0.01)
+        safe.estop("test button")
+        lean = 0.5 * (cfg.reset_max_tilt_rad + cfg.fall_tilt_rad)     # beyond the reset limit, short of a fall
+        backend.plant.tilt(lean, axis)
+        state = safe.step()
+        assert state.tilt() == pytest.approx(lean, abs=0.01)
+        assert state.linear_acceleration[2] == pytest.approx(9.81 * math.cos(lean), abs=0.1)
+        ok, why = safe.reset_estop()
+        assert not ok and "tilt" in why and safe.latched and safe.stats()["estop_reset_refusals"] == 1
+        assert safe.state == "estopped"                                # a lean is not a fall
+        backend.plant.tilt(0.0)
+        assert safe.step().tilt() == pytest.approx(0.0, abs=0.01)
+        ok, why = safe.reset_estop()
+        assert ok and not safe.latched, why
+        with pytest.raises(ValueError, match="horizontal"):
+            backend.plant.tilt(0.3, (0.0, 0.0, 1.0))
+    finally:
+        safe.close()
+
+
 @pytest.mark.parametrize("chip", ["PCA9685", "ADS1115", "BNO055"])
 def test_a_chip_that_stops_answering_mid_run_stops_the_robot_with_a_clear_error(plen, chip):
     backend = opened(plen)
@@ -161,6 +190,36 @@ def test_a_chip_that_stops_answering_mid_run_stops_the_robot_with_a_clear_error(
             backend.step()                                 # and it stays stopped
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("chip", ["PCA9685", "ADS1115"])
+def test_safe_close_after_a_chip_fault_logs_instead_of_raising(plen, chip, caplog):
+    """After a chip fault the inner backend refuses every call (its outputs already off where the PWM board still
+    answers): SafeBackend.close() must still shut down quietly (a shutdown path calls it) and log what failed."""
+    backend = opened(plen)
+    safe = SafeBackend(backend, plen, load_safety_config(plen, overrides={"start_ramp_s": 0.1,
+                                                                          "shutdown_ramp_s": 0.2}))
+    safe.reset(plen.stance, (0.0, 0.0, 0.16))
+    for _ in range(10):
+        safe.apply(plen.stance)
+        safe.step()
+    address = {"PCA9685": backend.io.config.pwm.address, "ADS1115": backend.io.config.adc.addresses[1]}[chip]
+    backend.plant.bus.device(address).fail("nack")
+    target = plen.stance + 0.05
+    with pytest.raises(HardwareError, match=chip):
+        for _ in range(5):                                 # the ADCs are read round robin: within 4 ticks
+            safe.apply(target)
+            safe.step()
+            target = target + 0.01
+    caplog.set_level("WARNING")
+    safe.close()                                           # ramp and relax refused by the stopped chip layer
+    assert safe.state == "closed" and backend._closed
+    logged = [r for r in caplog.records if r.name == "op3_walk.hardware.safety"]
+    assert logged and all(r.levelname == "ERROR" for r in logged)
+    assert any("stopped after a hardware error" in r.getMessage() for r in logged), [r.getMessage() for r in logged]
+    if chip != "PCA9685":                                  # the PWM board still answers: every output is off
+        assert all(p is None for p in pulses(backend))
+    safe.close()                                           # idempotent, still quiet
 
 
 def test_open_refuses_a_bad_bus_name_and_explains_a_missing_board(plen):

@@ -362,6 +362,32 @@ def test_nack_mid_run_becomes_a_hardware_error_naming_the_chip(hw_config, robot,
     assert list(plen.bus.thread_names.values()) == ["plen-io"]
 
 
+def test_a_stalled_bus_error_states_the_waits_the_caller_really_made(hw_config, robot):
+    """A chip holding the clock line stalls the I/O thread inside one transaction: the caller gives up on the
+    answer, then waits again for the servos to be switched off (queued behind the stuck job).  The error states
+    both waits, and they add up to the time the caller really waited (not the job's 0.3 s limit alone)."""
+    import re
+    data = to_dict(hw_config)
+    data["bus"]["io_timeout_s"] = 0.3            # long against scheduling noise
+    config = from_dict(PlenHardwareConfig, data)
+    plen, io = make_rig(config, robot)
+    io.start()
+    io.write_targets(robot.stance)
+    plen.bus.device(0x4A).fail("stretch")        # holds SCL for the bus' stretch_timeout_s (2 s): no answer
+    t0 = time.monotonic()
+    with pytest.raises(HardwareError) as err:
+        io.read_voltage("r_knee")
+    waited = time.monotonic() - t0
+    message = str(err.value)
+    stated = [float(w) for w in re.findall(r"no answer within ([0-9.]+) s", message)]
+    assert len(stated) == 2 and "switching the servos off failed too" in message, message
+    assert err.value.relaxed is False
+    assert sum(stated) <= waited + 0.01, (stated, waited)           # never more than it waited
+    assert sum(stated) >= 0.8 * waited, (stated, waited, message)   # nor a fraction of it
+    plen.bus.device(0x4A).recover()
+    io.close()
+
+
 def test_adc_conversion_that_never_completes_times_out(hw_config, robot):
     plen, io = make_rig(hw_config, robot)
     io.start()

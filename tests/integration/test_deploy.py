@@ -55,9 +55,11 @@ def test_deploy_runs_its_episodes_records_them_and_exits_cleanly(spawn, rospy_no
     try:
         out = tmp_path / "deploy"
         proc = spawn(deploy_args(policies["a"], episodes=2, seed=4, record="true", out_dir=out), name="deploy")
-        # policy_node is required: after its two episodes it exits and takes the launch down, cleanly.
+        # policy_node is required (its crash would end the launch); after its two episodes it ends the launch
+        # itself, quietly: exit 0 and no "REQUIRED process [policy-2] has died!" banner.
         assert proc.wait(timeout=LAUNCH_TIMEOUT) == 0, proc.log()[-4000:]
         assert not proc.orphans(), "processes left behind: %s" % proc.orphans()
+        assert "REQUIRED process" not in proc.log() and "has died" not in proc.log(), proc.log()[-4000:]
     finally:
         sub.unregister()
     wait_until(lambda: len(stats) >= 2, 10, what="both EpisodeStats")

@@ -176,9 +176,9 @@ def test_view_launch_turns_joint_states_into_link_transforms(spawn, rospy_node):
     try:
         rospy_node.wait_for_service("/walker/reset", timeout=60)
         reset = rospy_node.ServiceProxy("/walker/reset", ResetEpisode)
-        wait_until(lambda: (reset(seed=0).success and ("odom", "torso") in frames
+        wait_until(lambda: (reset(seed=0).success and ("odom", "base_link") in frames
                             and any(child.startswith("l_") for _, child in frames)), 60, interval=0.5,
-                   what="odom -> torso and leg link transforms on /tf")
+                   what="odom -> base_link and leg link transforms on /tf")
     finally:
         sub.unregister()
     view.track()

@@ -20,9 +20,12 @@ def test_session_runs_its_budget_leaves_its_outputs_and_matches_in_process_train
     out = tmp_path / "run"
     proc = spawn(launch_args(out, small_agent_config, steps=STEPS, record="true", checkpoint_every=250),
                  name="train")
-    # The learner is required: spending its budget ends the whole launch by itself, cleanly.
+    # The learner is required (its crash would end the launch), and spending its budget ends the whole launch
+    # by itself, quietly: exit 0, no "REQUIRED process [learner-2] has died!" banner, status file "completed".
     assert proc.wait(timeout=240) == 0, proc.log()[-4000:]
     assert not proc.orphans(), "processes left behind: %s" % proc.orphans()
+    assert "REQUIRED process" not in proc.log() and "has died" not in proc.log(), proc.log()[-4000:]
+    assert (out / "session_status").read_text().strip() == "completed"
 
     from op3_walk.training.checkpoint import read_meta
     meta = read_meta(str(out / "checkpoint.pt"))

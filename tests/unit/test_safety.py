@@ -344,6 +344,7 @@ def test_estop_hold_keeps_the_targets_and_an_estop_from_another_thread_stops_the
 
 
 # -- 5. fall -----------------------------------------------------------------------------------------------------------
+@pytest.mark.sim
 def test_a_tilted_pybullet_robot_is_detected_as_fallen_relaxed_and_latched(plen, clock):
     inner = RecordingPyBullet(plen)
     try:
@@ -370,6 +371,7 @@ def test_a_tilted_pybullet_robot_is_detected_as_fallen_relaxed_and_latched(plen,
         inner.close()
 
 
+@pytest.mark.sim
 def test_reset_tilted_is_a_fall_at_the_first_step_and_rate_and_hold_options(plen, clock):
     inner = RigidPyBullet(plen)                   # cannot relax: fall_action relax holds instead
     try:
@@ -393,6 +395,7 @@ def test_reset_tilted_is_a_fall_at_the_first_step_and_rate_and_hold_options(plen
 
 
 # -- 6. safe start / shutdown ------------------------------------------------------------------------------------------
+@pytest.mark.sim
 def test_safe_start_ramps_a_pybullet_robot_from_its_present_pose(plen, clock):
     inner = RecordingPyBullet(plen)
     try:
@@ -440,6 +443,49 @@ def test_close_ramps_to_the_rest_pose_then_relaxes_then_closes(plen, clock):
     assert inner.log.count("close") == 1
     with pytest.raises(RuntimeError):
         safe.apply(plen.stance)
+
+
+class FaultedBackend(LimpFakeBackend):
+    """After ``fault()`` every call but close() raises, as a hardware backend does after a chip fault."""
+
+    faulted = False
+
+    def fault(self):
+        self.faulted = True
+
+    def _refuse(self, what):
+        if self.faulted:
+            self.log.append(what + " refused")
+            raise RuntimeError("stopped after a hardware error")
+
+    def apply(self, joint_targets):
+        self._refuse("apply")
+        super().apply(joint_targets)
+
+    def step(self):
+        self._refuse("step")
+        return super().step()
+
+    def relax(self):
+        self._refuse("relax")
+        super().relax()
+
+
+def test_close_after_a_fault_logs_and_still_closes_the_inner_backend(plen, clock, caplog):
+    inner = FaultedBackend(plen)
+    safe = running(inner, clock, shutdown_ramp_s=0.5)
+    for _ in range(20):
+        cycle(safe, clock, plen.stance + 0.1)
+    inner.fault()
+    caplog.set_level("WARNING")
+    safe.close()                                            # never raises after a fault: it logs
+    assert inner.closed and safe.state == "closed"
+    assert "relax refused" in inner.log and inner.log[-1] == "close"
+    messages = [r.getMessage() for r in caplog.records if r.name == "op3_walk.hardware.safety"]
+    assert any("shutdown ramp stopped" in m and "stopped after a hardware error" in m for m in messages), messages
+    assert any("relax() failed" in m for m in messages), messages
+    safe.close()
+    assert inner.log.count("close") == 1
 
 
 # -- 7. shadow mode ----------------------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ writes it back right after the reset (CONFIG mode, then the fusion mode) and rea
 ``HardwareError``.  ``read_imu_profile`` reads the chip's current profile (``calibrate_plen imu --write`` saves it).
 
 Threading: ALL I2C traffic runs on one I/O thread owned by PlenIO (the drivers share a module-level buffer, so two
-threads must never talk at once).  Every public call hands its work to that thread and waits at most the configured
-timeout (``bus.io_timeout_s``; ``bus.start_timeout_s`` for ``start`` and ``read_all_joints``).  The bus is wrapped so
-that past a job's deadline the next transaction raises: a driver busy-waiting on a chip that never answers (the
+threads must never talk at once).  Every public call hands its work to that thread, limited to the configured
+timeout (``bus.io_timeout_s``; ``bus.start_timeout_s`` for ``start`` and ``read_all_joints``), and waits for its answer
+at most ``answer_wait_s(timeout)`` (1.5 x the timeout + 50 ms: a thread stuck in one transaction never answers;
+switching the servos off after such a failure waits as long again).  The bus is wrapped so that past a job's
+deadline the next transaction raises: a driver busy-waiting on a chip that never answers (the
 ADS1115 single-shot read polls with no timeout) is stopped and the thread freed.  An ``OSError`` (NACK), a driver
 error or a timeout becomes a ``HardwareError`` naming the chip, its address, the joint/channel and what was being
 done; PlenIO then switches every servo output off as far as the PCA9685 still answers, and every later call raises
@@ -126,6 +128,13 @@ class _Step:
     def error(self, message: str) -> HardwareError:
         return HardwareError("%s: %s" % (self.where(), message), chip=self.chip, address=self.address,
                              joint=self.joint, channel=self.channel)
+
+
+def answer_wait_s(timeout: float) -> float:
+    """How long a caller waits for the I/O thread's answer to a job limited to ``timeout`` s: the job's own limit
+    (past it the guarded bus stops the job) plus slack for the thread to hand the failure back, s.  A thread stuck
+    in a single transaction (a chip holding the clock line) never answers: the caller then gives up after this."""
+    return timeout * 1.5 + 0.05
 
 
 class _IOTimeout(Exception):
@@ -385,12 +394,13 @@ class PlenIO:
         unless ``always`` (switching the servos off), so a command from a caller that gave up never runs late."""
         fut = Future()  # type: Future
         self._queue.put((fn, fut, timeout, always))
+        wait = answer_wait_s(timeout)
         try:
-            return fut.result(timeout=timeout * 1.5 + 0.05)
+            return fut.result(timeout=wait)
         except FutureTimeout:
             step = self._step or _Step(None, None, what)
             raise step.error("%s: no answer within %.3g s (the I/O thread is stuck in: %s)"
-                             % (what, timeout, step.what)) from None
+                             % (what, wait, step.what)) from None
 
     def _fail(self, err: HardwareError) -> None:
         with self._state_lock:
@@ -407,6 +417,8 @@ class PlenIO:
         except HardwareError as exc:
             err.relaxed = False
             LOG.warning("PlenIO: after %s, switching the servos off failed too: %s", err, exc)
+            # the caller waited for this attempt too: its error says so (and that the outputs may still be on)
+            err.args = ("%s; then switching the servos off failed too: %s" % (err.args[0], exc),) + err.args[1:]
 
     def _run(self) -> None:
         self._bus.thread_ident = threading.get_ident()

@@ -28,6 +28,7 @@ call into the inner backend; callbacks run after the lock is released.  Never im
 """
 import collections
 import dataclasses
+import logging
 import math
 import os
 import threading
@@ -39,6 +40,8 @@ import numpy as np
 from op3_walk.backends.base import Backend, RobotState
 from op3_walk.config import ConfigError, doc, from_dict, load_yaml, resolve
 from op3_walk.robots.description import RobotConfig
+
+LOG = logging.getLogger(__name__)
 
 SAFETY_CONFIG = "hardware/safety.yaml"   # relative to config/
 STATES = ("idle", "ramping", "running", "holding", "relaxed", "estopped", "fallen", "closing", "closed")
@@ -322,7 +325,12 @@ class SafeBackend(Backend):
 
     def close(self) -> None:
         """Ramp to the rest pose over ``shutdown_ramp_s`` (unless limp or latched), relax, close the inner backend.
-        Blocks for the ramp (paced by the injected ``sleep``); an e-stop or a fall during it cuts it short."""
+        Blocks for the ramp (paced by the injected ``sleep``); an e-stop or a fall during it cuts it short.
+
+        A failure of the ramp or of ``relax()`` (e.g. after a chip fault, when the inner backend has switched its
+        outputs off as far as it could and refuses every later call) does not stop the shutdown and is not raised:
+        it is logged (``logging``) and the inner backend is closed all the same, which switches its outputs off as
+        far as they still answer.  Only an exception from the inner backend's own ``close()`` propagates."""
         events: List[Tuple[str, str]] = []
         with self._lock:
             if self._closing or self._state == "closed":
@@ -354,11 +362,17 @@ class SafeBackend(Backend):
                     delay = t0 + k * self._period - self._clock()
                     if delay > 0.0:
                         self._sleep(delay)
+        except Exception as exc:   # noqa: B902 - the shutdown goes on: relax and close below
+            LOG.error("SafeBackend.close(): the shutdown ramp stopped (%s: %s); relaxing and closing the inner "
+                      "backend", type(exc).__name__, exc)
         finally:
             with self._lock:
                 try:
                     if not self._limp and self._can_relax:
                         self._go_limp("hold")
+                except Exception as exc:   # noqa: B902 - inner.close() below still switches the outputs off
+                    LOG.error("SafeBackend.close(): relax() failed (%s: %s); closing the inner backend, which "
+                              "switches its outputs off", type(exc).__name__, exc)
                 finally:
                     self._state, self._closing = "closed", False
                     if self._csv is not None:

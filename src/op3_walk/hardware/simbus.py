@@ -802,7 +802,8 @@ class SimulatedPlen:
       configured calibration polynomial over 0..VDD, so a perfect calibration reads back ``q``), plus Gaussian
       noise of ``adc_noise_v``.  Give other ``true_curves`` to test calibration.
     - IMU: ``set_imu`` takes the torso state (REP 103) and hands the BNO055 its sensor-frame equivalent through the
-      configured mounting rotation; default upright at rest (+9.81 m/s^2 on the torso z axis).
+      configured mounting rotation; default upright at rest (+9.81 m/s^2 on the torso z axis).  ``tilt(angle)``
+      tilts the torso at rest (to try the safety layer's fall and reset checks); it stays so until changed.
 
     Time: with ``time_driven=True`` (default) the plant follows the bus clock: before every transaction it
     integrates the servos up to the current time (so a loop against it behaves like the robot in real time).  With
@@ -963,6 +964,19 @@ class SimulatedPlen:
                                r_st @ np.asarray(angular_velocity, dtype=np.float64), r_st @ accel_t)
             if calibration is not None:
                 self.imu.set_calibration(*calibration)
+
+    def tilt(self, angle_rad: float, axis: Sequence[float] = (1.0, 0.0, 0.0)) -> Tuple[float, float, float, float]:
+        """Tilt the torso at rest by ``angle_rad`` about the horizontal ``axis`` (world frame; default x: a roll),
+        e.g. the robot lying on its side or held at an angle; 0 = upright.  Returns the orientation (x, y, z, w)
+        handed to ``set_imu``: the BNO055 reports it (through the mounting) from its next reading on."""
+        a = np.asarray(axis, dtype=np.float64)
+        if a.shape != (3,) or abs(a[2]) > 1e-9 or not np.linalg.norm(a) > 0.0:
+            raise ValueError("axis must be a horizontal 3-vector (z = 0), got %r" % (axis,))
+        a = a / np.linalg.norm(a)
+        half = 0.5 * float(angle_rad)
+        q = (a[0] * math.sin(half), a[1] * math.sin(half), 0.0, math.cos(half))
+        self.set_imu(q)
+        return q
 
     # ---------------------------------------------------------------- helpers
     def pulse_width_us(self, joint: str) -> Optional[float]:

@@ -9,26 +9,60 @@ Two modes:
   re-send its current state (so a lost state message costs a resend, not a hang).
 - ``realtime`` (hardware; or a sim run at wall-clock rate): a fixed-rate loop at the robot's control rate.  Every
   tick applies the freshest action of the current episode (answering step k, k <= now); without one it repeats
-  the last action for up to ``watchdog_timeout_s``; after that the watchdog trips: the episode ends (truncated)
-  and the robot holds still (``watchdog_action``) until the next reset.  Late actions (older than the one
-  applied) and actions of another episode are dropped and counted.
+  the last action for up to ``watchdog_timeout_s``; after that the watchdog trips: the episode ends (truncated,
+  end_reason "watchdog") and the robot holds still (``watchdog_action``) until the next reset.  Late actions
+  (older than the one applied) and actions of another episode are dropped and counted.
 
 Episodes start through the ``walker/reset`` service.  Never imports torch: this node is what runs on a robot's
 small computer.
+
+Who drives an episode (both modes): the node that called ``walker/reset`` owns the episode it started; actions from
+any other publisher on walker/action (told apart by the caller id of the publisher's connection) are not applied,
+whatever their (episode, step), and are counted ("foreign actions" on /diagnostics, with a throttled warning).  When
+the resetting node publishes no walker/action (e.g. ``rosservice call`` with a policy_node that has
+``start_episodes: false``), the first node that sends an action for the new episode becomes its owner.  While an
+episode runs, ``walker/reset`` from a node other than its owner (or the node that reset it) is refused
+(``success`` false, a message naming the owner and its episode; "resets refused (foreign)" on /diagnostics), unless
+the owner no longer answers (it exited or died: a new learner may take over at once).  Actions outside the action
+space's bounds are clipped by the env and counted ("clipped actions", with a throttled warning).
 
 ``backend: hardware`` drives the real robot named by ``robot``: PLEN through its PCA9685 / ADS1115 / BNO055 chips
 (``op3_walk.backends.plen_hardware``; ``hardware/i2c: sim`` puts a simulated PLEN on a simulated I2C bus behind the
 real drivers, for a desk dry run), the OP3 through the ROBOTIS framework topics (``op3_walk.ros.op3_bridge``).
 Either way the backend is wrapped in the safety layer (``op3_walk.hardware.safety.SafeBackend``: joint-limit clamp,
 slew limit, watchdog, latched e-stop, fall detection, safe start and shutdown, shadow mode), whose interventions are
-logged, counted on /diagnostics, and controlled through the safety/* topic and services below.
+logged, counted on /diagnostics, and controlled through the safety/* topic and services below.  On hardware:
+
+- once an episode has ended (the watchdog above included) the controller commands nothing until the next reset; it
+  keeps reading the robot.  So a policy that stops is handed to the safety layer's own watchdog: it holds the last
+  targets after ``watchdog_hold_s`` and relaxes the robot ``watchdog_relax_s`` later (config/hardware/safety.yaml):
+  limp within watchdog_timeout_s + watchdog_hold_s + watchdog_relax_s (0.1 + 0.1 + 2.0 s by default) of the
+  policy's last action.  ``watchdog_action: stance`` is refused there (the safety layer decides what a stopped
+  robot does);
+- an e-stop, a fall latched by the safety layer, or a relax by its watchdog (a stalled control loop) ends the
+  running episode at the next tick: its last state is truncated (terminated for a fall) with end_reason "e-stop",
+  "safety fall" or "safety relax", and /diagnostics counts the episode ends by reason;
+- while an e-stop or fall is latched, walker/reset is refused with ``retry`` true (policy_node keeps retrying, so a
+  deploy session continues after safety/reset_estop);
+- with ``hardware/i2c: sim`` (the simulated PLEN, not a robot) the topic sim/torso_orientation tilts the simulated
+  IMU, to try the safety layer's tilt checks (a reset_estop refused while tilted) at a desk.
 
 Topics (relative, so the node can live in a namespace):
   publishes  walker/state (op3_walk/WalkerState), joint_states (sensor_msgs/JointState),
              imu/data (sensor_msgs/Imu, frame = the robot's torso link), /diagnostics (diagnostic_msgs),
-             /tf (odom -> torso link, when publish_tf)
+             odom (nav_msgs/Odometry: pose of base_link in odom, twist in base_link; when publish_odom),
+             /tf (odom -> base_link, when publish_tf)
+
+TF frames (REP 105): odom -> base_link (the URDF's root link; robot_state_publisher adds base_link -> torso ->
+... -> feet from joint_states).  In a namespace every frame the controller names (odom, base_link, the IMU's torso
+link) carries a TF prefix, resolved as robot_state_publisher resolves its own: the ``tf_prefix`` parameter searched
+from the node's private namespace upwards (~tf_prefix, then <ns>/tf_prefix, ...); when none is set, the node's
+namespace (``actor_0/odom`` for /actor_0/controller, plain ``odom`` at the root).  view.launch ns:=actor_0 gives its
+robot_state_publisher the same prefix, so the tree is one: actor_0/odom -> actor_0/base_link -> ... -> feet.
   subscribes walker/action (op3_walk/WalkerAction)
              safety/estop (std_msgs/Bool; hardware: true latches the e-stop, false does nothing)
+             sim/torso_orientation (geometry_msgs/Quaternion; hardware/i2c sim only: the simulated PLEN's torso
+             orientation in odom, x y z w, at rest; the BNO055 model reads it through its mounting)
   services   walker/reset (op3_walk/ResetEpisode)
              safety/trigger_estop, safety/reset_estop (std_srvs/Trigger; hardware only: the e-stop stays latched
              until reset_estop succeeds, which it refuses while the robot is not upright)
@@ -38,9 +72,11 @@ import dataclasses
 import os
 import threading
 import time
+import xmlrpc.client
 from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
+import rosgraph
 import rospy
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Bool
@@ -50,9 +86,13 @@ from op3_walk.config import ConfigError, doc, from_dict
 from op3_walk.envs.walk_env import WalkEnv, load_task
 from op3_walk.msg import WalkerAction, WalkerState
 from op3_walk.robots import load_robot
-from op3_walk.ros.conversions import (action_from_message, imu_message, joint_state_message, state_message)
+from op3_walk.robots.urdf_writer import root_link
+from op3_walk.ros.conversions import (END_ESTOP, END_FELL, END_SAFETY_FALL, END_SAFETY_RELAX, END_TIME_LIMIT,
+                                      END_WATCHDOG, WORLD_FRAME, action_from_message, imu_message, joint_state_message,
+                                      odometry_message, prefixed_frame, state_message)
 from op3_walk.ros.diagnostics import DiagnosticsPublisher, percentiles_ms, status, synchronous_publisher
-from op3_walk.ros.params import load_private_params, run_node
+from op3_walk.ros.master_watch import SERVER_GRACE_S, MasterWatch
+from op3_walk.ros.params import load_private_params, parse_node_args, run_node
 from op3_walk.srv import ResetEpisode, ResetEpisodeResponse
 
 BACKENDS = ("pybullet", "gazebo", "hardware")
@@ -60,6 +100,37 @@ MODES = ("lockstep", "realtime")
 WATCHDOG_ACTIONS = ("hold", "stance")
 I2C_BUSES = ("board", "sim")
 SAFETY_POLL_S = 0.05    # s between the supervisor's safety-layer watchdog checks (catches a stalled control loop)
+OWNER_PING_TIMEOUT_S = 1.0   # s given to the owner of a running episode to answer a ping (a foreign reset's check)
+
+
+def caller_id(msg: Any) -> str:
+    """The caller id (node name) of the node that sent ``msg`` (a message or a service request; "" if unknown)."""
+    header = getattr(msg, "_connection_header", None) or {}
+    return str(header.get("callerid", ""))
+
+
+class _TimeoutTransport(xmlrpc.client.Transport):
+    """XML-RPC over HTTP with a socket timeout (a node on a host that dropped off the network must not block)."""
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self._timeout = timeout
+
+    def make_connection(self, host: Any) -> Any:
+        conn = super().make_connection(host)
+        conn.timeout = self._timeout
+        return conn
+
+
+def node_answers(name: str, timeout: float = OWNER_PING_TIMEOUT_S) -> bool:
+    """Is node ``name`` alive: known to the master and answering its XML-RPC API (what ``rosnode ping`` does)?  A
+    node that exited is unknown to the master; one that was killed refuses the connection."""
+    try:
+        uri = rosgraph.Master(rospy.get_name()).lookupNode(name)
+        code, _, _ = xmlrpc.client.ServerProxy(uri, transport=_TimeoutTransport(timeout)).getPid(rospy.get_name())
+        return code == 1
+    except Exception:   # MasterError (unknown node), a refused or timed-out connection, a garbled answer
+        return False
 
 
 @dataclasses.dataclass
@@ -105,14 +176,22 @@ class ControllerParams:
     shadow: bool = doc("hardware: shadow mode: the policy runs on the real sensors, the motors only hold the stance, "
                        "and what the policy would have commanded is logged (overrides the safety config)", False)
     watchdog_timeout_s: float = doc("realtime: s without a fresh action before the watchdog ends the episode and "
-                                    "holds the robot (the last action is repeated until then)", 0.1)
+                                    "holds the robot (the last action is repeated until then); backend hardware: "
+                                    "then the safety layer holds and relaxes it (its watchdog_hold_s, "
+                                    "watchdog_relax_s)", 0.1)
     watchdog_action: str = doc("realtime: what the robot does once the watchdog trips or an episode has ended: "
-                               "hold (keep the joints where they are) or stance (go to the robot's stance)", "hold")
+                               "hold (keep the joints where they are) or stance (go to the robot's stance); backend "
+                               "hardware: hold only (the controller stops commanding, the safety layer holds, then "
+                               "relaxes)", "hold")
     publish_joint_states: bool = doc("publish sensor_msgs/JointState on joint_states every tick", True)
     publish_imu: bool = doc("publish sensor_msgs/Imu on imu/data every tick", True)
-    publish_tf: bool = doc("publish the odom -> torso transform on /tf every tick (for RViz with view.launch)",
+    publish_tf: bool = doc("publish the odom -> base_link transform on /tf every tick (for RViz with view.launch)",
                            True)
-    tf_prefix: str = doc("prefix of the TF frame names (e.g. actor_0/ when several controllers share /tf)", "")
+    publish_odom: bool = doc("publish nav_msgs/Odometry on odom every tick: pose of base_link in odom, twist in "
+                             "base_link", True)
+    tf_prefix: str = doc("prefix of the TF frames (odom, base_link, IMU frame), e.g. actor_0. Unset: the tf_prefix "
+                         "parameter of an enclosing namespace (as robot_state_publisher finds it), else the node's "
+                         "namespace (none at the root); set it to \"\" for no prefix in a namespace", "")
     diagnostics_rate_hz: float = doc("Hz of /diagnostics messages; 0 = none", 1.0)
 
     def validate(self) -> None:
@@ -122,6 +201,11 @@ class ControllerParams:
             raise ValueError("mode must be lockstep, realtime or empty (the backend's default), got %r" % self.mode)
         if self.watchdog_action not in WATCHDOG_ACTIONS:
             raise ValueError("watchdog_action must be hold or stance, got %r" % self.watchdog_action)
+        if self.backend == "hardware" and self.watchdog_action != "hold":
+            raise ValueError("watchdog_action %s is for the simulated backends: on hardware the controller stops "
+                             "commanding once an episode ends and the safety layer holds, then relaxes the robot "
+                             "(watchdog_hold_s, watchdog_relax_s in config/hardware/safety.yaml)"
+                             % self.watchdog_action)
         if not self.watchdog_timeout_s > 0:
             raise ValueError("watchdog_timeout_s must be > 0")
         if self.diagnostics_rate_hz < 0:
@@ -175,6 +259,15 @@ def make_hardware_backend(params: ControllerParams, robot: Any) -> Any:
         raise
 
 
+def resolve_tf_prefix() -> str:
+    """The controller's TF prefix (no slashes around it; "" for none): ``~tf_prefix`` or the nearest ``tf_prefix`` of
+    an enclosing namespace (robot_state_publisher's search), else the node's namespace."""
+    key = rospy.search_param("tf_prefix")   # starts at ~tf_prefix, then <ns>/tf_prefix, ..., /tf_prefix
+    if key:
+        return str(rospy.get_param(key)).strip("/")
+    return rospy.get_namespace().strip("/")
+
+
 class ControllerNode:
     """Serves one walking env over ROS, in lockstep or in real time (see module docstring)."""
 
@@ -192,6 +285,10 @@ class ControllerNode:
         self.robot = self.env.robot
         self.layout = self.env.layout
         self.period_s = self.robot.control_period_s
+        self.tf_prefix = resolve_tf_prefix()
+        self.odom_frame = prefixed_frame(self.tf_prefix, WORLD_FRAME)
+        self.base_frame = prefixed_frame(self.tf_prefix, root_link(self.robot.urdf_path))   # base_link (REP 105)
+        self.imu_frame = prefixed_frame(self.tf_prefix, self.robot.torso_link)
         self.lock = threading.Lock()
         self.episode = 0
         self.episode_over = True
@@ -214,6 +311,15 @@ class ControllerNode:
         self._last_action_time = 0.0
         self._hold_targets: Optional[np.ndarray] = None
         self.watchdog_active = False
+        self.episode_ends: Dict[str, int] = collections.Counter()   # end_reason -> episodes ended so far
+        self.last_end = ""                                           # "<end_reason> (<detail>)" of the last one
+        self.refused_resets = 0           # walker/reset refused while an e-stop or fall is latched
+        self.owner = ""                   # caller id of the node whose episode this is (it reset it, or claimed it)
+        self.owner_claimable = False      # its resetter publishes no actions: the first node acting for it owns it
+        self.resetter = ""                # caller id of the node that reset it (may reset it again, as the owner)
+        self.foreign_actions = 0          # actions from a node other than the episode's owner (not applied)
+        self.clipped_actions = 0          # applied actions with values outside the action space (clipped)
+        self.foreign_resets = 0           # walker/reset refused: another node's episode was running
         self._inbox_lock = threading.Lock()   # realtime: actions received since the last tick, with arrival times
         self._inbox: Deque[Any] = collections.deque(maxlen=64)
         # Lockstep: publish synchronously in the action callback (no hand-off to a writer thread: ~2x lower round
@@ -226,6 +332,7 @@ class ControllerNode:
         self.imu_pub = (rospy.Publisher("imu/data", Imu, queue_size=10, tcp_nodelay=True)
                         if params.publish_imu else None)
         self.tf_pub = self._tf_publisher() if params.publish_tf else None
+        self.odom_pub = self._odom_publisher() if params.publish_odom else None
         self.reset_srv = rospy.Service("walker/reset", ResetEpisode, self._on_reset)
         self.action_sub = rospy.Subscriber("walker/action", WalkerAction, self._on_action, queue_size=10,
                                            tcp_nodelay=True)
@@ -237,6 +344,11 @@ class ControllerNode:
             self.estop_sub = rospy.Subscriber("safety/estop", Bool, self._on_estop_topic, queue_size=10)
             self.estop_srv = rospy.Service("safety/trigger_estop", Trigger, self._on_trigger_estop)
             self.reset_estop_srv = rospy.Service("safety/reset_estop", Trigger, self._on_reset_estop)
+            self.sim_plant = getattr(self.safety.inner, "plant", None)   # the SimulatedPlen of hardware/i2c: sim
+            if self.sim_plant is not None:
+                from geometry_msgs.msg import Quaternion
+                self.tilt_sub = rospy.Subscriber("sim/torso_orientation", Quaternion, self._on_sim_orientation,
+                                                 queue_size=10)
             threading.Thread(target=self._supervise, name="safety_supervisor", daemon=True).start()
         self.diagnostics = DiagnosticsPublisher(params.diagnostics_rate_hz, self._diagnostics)
         self._loop_thread: Optional[threading.Thread] = None
@@ -255,7 +367,18 @@ class ControllerNode:
 
     # -- ROS callbacks ------------------------------------------------------------------------------------------
     def _on_reset(self, req) -> ResetEpisodeResponse:
+        caller = caller_id(req)
+        refusal = self._foreign_reset(caller)
+        if refusal is not None:
+            return ResetEpisodeResponse(success=False, message=refusal, retry=False)
         with self.lock:
+            if self.safety is not None and self.safety.latched:
+                self.refused_resets += 1
+                why = "%s latched (%s): call safety/reset_estop (refused while the robot is not upright), then " \
+                      "reset again" % ("fall" if self.safety.state == "fallen" else "e-stop",
+                                       self.safety.stats().get("latch_reason", ""))
+                rospy.logwarn_throttle(5.0, "controller: reset refused: %s", why)
+                return ResetEpisodeResponse(success=False, message=why, retry=True)
             try:
                 obs, info = self.env.reset(seed=None if req.seed < 0 else int(req.seed))
             except Exception as exc:  # a backend failure must reach the caller, not kill the service thread
@@ -268,8 +391,55 @@ class ControllerNode:
             self._last_action_time = time.monotonic()   # the watchdog counts from the reset
             self._hold_targets = None
             self.watchdog_active = False
+            self._take_ownership(caller)    # before the first state goes out: its answer must find the owner set
             msg = self._publish(obs, 0.0, False, False, info)
         return ResetEpisodeResponse(success=True, message="", state=msg)
+
+    # -- who drives the episode -----------------------------------------------------------------------------------
+    def _foreign_reset(self, caller: str) -> Optional[str]:
+        """Why a reset from ``caller`` is refused (another node's episode is running and that node answers), or
+        None.  The ping runs outside ``self.lock``: a reset storm must not stall the running episode."""
+        owner, episode, running = self.owner, self.episode, not self.episode_over
+        if not running or not owner or not caller or caller in (owner, self.resetter):
+            return None
+        if not node_answers(owner):
+            rospy.logwarn("controller: walker/reset by %s: %s's episode %d was running, but %s no longer answers; "
+                          "reset accepted", caller, owner, episode, owner)
+            return None
+        with self.lock:
+            self.foreign_resets += 1
+            count, step = self.foreign_resets, self.step
+        why = ("walker/reset called by %s while %s's episode %d was running (step %d): refused; only %s may reset "
+               "this controller until its episode ends or it exits" % (caller, owner, episode, step, owner))
+        rospy.logwarn_throttle(5.0, "controller: %s (%d foreign resets refused so far)", why, count)
+        return why
+
+    def _take_ownership(self, caller: str) -> None:
+        """``caller`` reset the episode: it owns it, or (publishing no actions itself) the first node to act does."""
+        try:
+            publishers = {str((getattr(c, "header", None) or {}).get("callerid", ""))
+                          for c in list(self.action_sub.impl.connections)}
+        except Exception:   # rospy internals; without them the resetter owns the episode
+            publishers = {caller}
+        self.owner = self.resetter = caller
+        self.owner_claimable = caller not in publishers
+
+    def _from_owner(self, msg: WalkerAction) -> bool:
+        """Is ``msg`` from the node driving the current episode?  Counts and warns about the others (call with
+        ``self.lock`` held).  Before the first reset every action is left to the (episode, step) check."""
+        sender = caller_id(msg)
+        if self.episode == 0 or sender == self.owner:
+            return True
+        if self.owner_claimable and not self.episode_over and msg.episode == self.episode:
+            rospy.loginfo("controller: episode %d (reset by %s, which publishes no walker/action) is driven by %s",
+                          self.episode, self.owner or "an unknown node", sender)
+            self.owner, self.owner_claimable = sender, False
+            return True
+        self.foreign_actions += 1
+        rospy.logwarn_throttle(5.0, "controller: ignored an action from %s for episode %d step %d: episode %d "
+                               "belongs to %s; %d foreign actions so far", sender or "an unknown node", msg.episode,
+                               msg.step, self.episode, self.owner, self.foreign_actions)
+        return False
 
     def _on_action(self, msg: WalkerAction) -> None:
         if self.mode == "realtime":
@@ -279,6 +449,8 @@ class ControllerNode:
                 self._inbox.append((msg, time.monotonic()))
             return
         with self.lock:
+            if not self._from_owner(msg):
+                return
             if msg.episode == self.episode and msg.step + 1 == self.step and self.last_state is not None:
                 self.repeated_actions += 1
                 self.state_pub.publish(self.last_state)       # repeat: the learner missed our answer
@@ -290,7 +462,7 @@ class ControllerNode:
             if action is None:
                 return
             self._note_latency(msg.step)
-            self._advance(action)
+            self._advance(action, self._safety_end())
 
     # -- safety (backend hardware) --------------------------------------------------------------------------------
     def _on_intervention(self, kind: str, detail: str) -> None:
@@ -314,6 +486,30 @@ class ControllerNode:
         ok, message = self.safety.reset_estop()
         return TriggerResponse(success=bool(ok), message=message)
 
+    def _on_sim_orientation(self, msg: Any) -> None:
+        q = np.array([msg.x, msg.y, msg.z, msg.w], dtype=float)
+        if not np.all(np.isfinite(q)) or not np.linalg.norm(q) > 1e-6:
+            rospy.logwarn("controller: sim/torso_orientation: not a rotation: %s", q.tolist())
+            return
+        self.sim_plant.set_imu(q / np.linalg.norm(q))
+        rospy.loginfo("controller: simulated PLEN: torso orientation set to %s (tilt %.2f rad)",
+                      np.round(q / np.linalg.norm(q), 4).tolist(),
+                      2.0 * float(np.arccos(np.clip(np.hypot(q[2], q[3]) / np.linalg.norm(q), -1.0, 1.0))))
+
+    def _safety_end(self) -> Optional[Any]:
+        """Why the safety layer ends the running episode now: (end_reason, detail, terminated), or None."""
+        if self.safety is None:
+            return None
+        state = self.safety.state
+        if state not in ("estopped", "fallen", "relaxed"):
+            return None
+        stats = self.safety.stats()
+        if state == "estopped":
+            return END_ESTOP, stats.get("latch_reason", ""), False
+        if state == "fallen":
+            return END_SAFETY_FALL, stats.get("latch_reason", ""), True
+        return END_SAFETY_RELAX, stats.get("last_intervention_detail", ""), False
+
     def _supervise(self) -> None:
         """The safety layer's watchdog also runs from here, so a stalled control loop still holds, then relaxes."""
         while not self._stop.wait(SAFETY_POLL_S):
@@ -328,6 +524,8 @@ class ControllerNode:
     def _take_realtime_action(self, msg: WalkerAction, received: Optional[float] = None) -> None:
         """Keep ``msg`` as the freshest action if it answers a step of this episode not older than the one
         applied last; otherwise drop and count it.  ``received``: monotonic arrival time (for the latency)."""
+        if not self._from_owner(msg):
+            return
         if (self.episode_over or msg.episode != self.episode or msg.step > self.step
                 or msg.step <= max(self._applied_step, self._fresh_step)):
             self._drop(msg)
@@ -368,14 +566,18 @@ class ControllerNode:
         if self.episode == 0:
             return                       # nothing reset yet: the robot is as the backend started it
         if not self.episode_over:
+            ended = self._safety_end()           # an e-stop, a latched fall or a safety relax ends the episode
             if self._fresh is not None:
                 action, self._applied_step = self._fresh, self._fresh_step
                 self._fresh = None
                 self._last_action, self._last_action_time = action, now
-                self._advance(action)
+                self._advance(action, ended)
                 return
             if self._last_action is not None and now - self._last_action_time <= self.params.watchdog_timeout_s:
-                self._advance(self._last_action)   # zero-order hold of the last action
+                self._advance(self._last_action, ended)   # zero-order hold of the last action
+                return
+            if ended is not None:                # no action to step with: end on the present state
+                self._end_episode(ended)
                 return
             if now - self._last_action_time > self.params.watchdog_timeout_s:
                 self._trip_watchdog(now)
@@ -386,16 +588,41 @@ class ControllerNode:
     def _trip_watchdog(self, now: float) -> None:
         self.watchdog_trips += 1
         self.watchdog_active = True
+        if self.safety is not None:
+            cfg = self.safety.config
+            robot = "handed to the safety layer (holds after %.2f s, relaxes %.2f s later)" % (
+                cfg.watchdog_hold_s, cfg.watchdog_relax_s)
+        else:
+            robot = "holding" if self.params.watchdog_action == "hold" else "going to its stance"
         rospy.logwarn("controller: watchdog: no action for %.0f ms at episode %d step %d; episode ended, robot %s",
-                      1e3 * (now - self._last_action_time), self.episode, self.step,
-                      "holding" if self.params.watchdog_action == "hold" else "going to its stance")
+                      1e3 * (now - self._last_action_time), self.episode, self.step, robot)
+        self._end_episode((END_WATCHDOG, "no action for %.0f ms" % (1e3 * (now - self._last_action_time)), False))
+
+    def _end_episode(self, ended: Any) -> None:
+        """End the running episode on its present state (no step): re-publish it as terminal, ``ended`` =
+        (end_reason, detail, terminated)."""
+        reason, detail, terminated = ended
         self.episode_over = True
         obs, info = self.env.current_observation()
-        self._publish(obs, 0.0, False, True, info)
+        self._note_end(reason, detail)
+        self._publish(obs, 0.0, bool(terminated), not terminated, info, reason)
         self._hold()
 
+    def _note_end(self, reason: str, detail: str = "") -> None:
+        self.episode_ends[reason] += 1
+        self.last_end = "%s (%s)" % (reason, detail) if detail else reason
+        if reason in (END_ESTOP, END_SAFETY_FALL, END_SAFETY_RELAX):
+            rospy.logwarn("controller: episode %d ended at step %d by the safety layer: %s", self.episode,
+                          self.step, self.last_end)
+
     def _hold(self) -> None:
-        """Between episodes (or after the watchdog): keep the robot still and keep time going."""
+        """Between episodes (or after the watchdog): keep time going and the sensors published.  Simulated backends:
+        keep the robot still (``watchdog_action``).  Backend hardware: command nothing, so that the safety layer's
+        watchdog holds the last targets, then relaxes the robot (a stopped policy must not keep it powered)."""
+        if self.safety is not None:
+            state = self.backend.step()
+            self._publish_sensors(state, rospy.Time.now())
+            return
         if self._hold_targets is None:
             self._hold_targets = (np.asarray(self.robot.stance, dtype=float)
                                   if self.params.watchdog_action == "stance"
@@ -413,19 +640,29 @@ class ControllerNode:
 
     def _decode(self, msg: WalkerAction) -> Optional[Any]:
         try:
-            return action_from_message(msg, self.env.action_space)
+            action = action_from_message(msg, self.env.action_space)
         except ValueError as exc:
             self.rejected_actions += 1
             rospy.logerr_throttle(5.0, "controller: rejected action (episode %d step %d): %s; %d rejected so far",
                                   msg.episode, msg.step, exc, self.rejected_actions)
             return None
+        low, high = getattr(self.env.action_space, "low", None), getattr(self.env.action_space, "high", None)
+        if low is not None and (np.any(action < low) or np.any(action > high)):
+            self.clipped_actions += 1      # the env clips it to the space; the sender should know
+            rospy.logwarn_throttle(5.0, "controller: action for episode %d step %d outside [%g, %g] (min %.3g, "
+                                   "max %.3g): clipped; %d clipped so far", msg.episode, msg.step, float(np.min(low)),
+                                   float(np.max(high)), float(np.min(action)), float(np.max(action)),
+                                   self.clipped_actions)
+        return action
 
     def _note_latency(self, step: int, received: Optional[float] = None) -> None:
         sent = self._published_at.get(int(step))
         if sent is not None:
             self.latencies.append((time.monotonic() if received is None else received) - sent)
 
-    def _advance(self, action: Any) -> None:
+    def _advance(self, action: Any, ended: Optional[Any] = None) -> None:
+        """Step the env with ``action`` and publish the state; ``ended`` (end_reason, detail, terminated): the
+        safety layer ends the episode with this state."""
         start = time.perf_counter()
         try:
             obs, reward, terminated, truncated, info = self.env.step(action)
@@ -437,13 +674,21 @@ class ControllerNode:
             return
         self.step_times.append(time.perf_counter() - start)
         self.steps_done += 1
+        reason = ""
+        if ended is not None:
+            reason, detail, by_fall = ended
+            terminated = bool(terminated or by_fall)
+            truncated = not terminated
+            self._note_end(reason, detail)
+        elif terminated or truncated:
+            self._note_end(END_FELL if terminated else END_TIME_LIMIT)
         self.episode_over = bool(terminated or truncated)
-        self._publish(obs, reward, terminated, truncated, info)
+        self._publish(obs, reward, terminated, truncated, info, reason)
 
-    def _publish(self, obs, reward, terminated, truncated, info) -> WalkerState:
+    def _publish(self, obs, reward, terminated, truncated, info, end_reason: str = "") -> WalkerState:
         stamp = rospy.Time.now()
         msg = state_message(self.robot, self.layout, self.episode, self.step, obs, reward, terminated, truncated,
-                            info, stamp)
+                            info, stamp, self.odom_frame, end_reason=end_reason)
         self.last_state = msg
         if len(self._published_at) > 4 * LATENCY_WINDOW:
             self._published_at.clear()
@@ -458,7 +703,10 @@ class ControllerNode:
         if self.joint_pub is not None:
             self.joint_pub.publish(joint_state_message(self.robot, state, stamp))
         if self.imu_pub is not None:
-            self.imu_pub.publish(imu_message(state, self.params.tf_prefix + self.robot.torso_link, stamp))
+            self.imu_pub.publish(imu_message(state, self.imu_frame, stamp))
+        if self.odom_pub is not None:
+            self.odom_pub.publish(odometry_message(state, self.odom_frame, self.base_frame, stamp,
+                                                   ground_truth=self.params.backend != "hardware"))
         if self.tf_pub is not None:
             self.tf_pub.publish(self._tf_message(state, stamp))
 
@@ -466,17 +714,26 @@ class ControllerNode:
         try:
             from tf2_msgs.msg import TFMessage
         except ImportError:
-            rospy.logwarn("controller: tf2_msgs is not installed: no odom -> torso transform on /tf")
+            rospy.logwarn("controller: tf2_msgs is not installed: no odom -> base_link transform on /tf")
             return None
         self._tf_type = TFMessage
+        rospy.loginfo("controller: TF %s -> %s on /tf", self.odom_frame, self.base_frame)
         return rospy.Publisher("/tf", TFMessage, queue_size=10)
+
+    def _odom_publisher(self) -> Optional[rospy.Publisher]:
+        try:
+            from nav_msgs.msg import Odometry
+        except ImportError:
+            rospy.logwarn("controller: nav_msgs is not installed: no odometry on odom")
+            return None
+        return rospy.Publisher("odom", Odometry, queue_size=10, tcp_nodelay=True)
 
     def _tf_message(self, state: Any, stamp: rospy.Time) -> Any:
         from geometry_msgs.msg import TransformStamped
         t = TransformStamped()
         t.header.stamp = stamp
-        t.header.frame_id = self.params.tf_prefix + "odom"
-        t.child_frame_id = self.params.tf_prefix + self.robot.torso_link
+        t.header.frame_id = self.odom_frame
+        t.child_frame_id = self.base_frame
         t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (
             float(v) for v in state.base_position)
         q = t.transform.rotation
@@ -492,9 +749,16 @@ class ControllerNode:
                 "backend": self.params.backend, "mode": self.mode, "robot": self.robot.name,
                 "episode": self.episode, "step": self.step, "episode running": not self.episode_over,
                 "dropped actions": self.dropped_actions, "rejected actions": self.rejected_actions,
-                "repeated actions": self.repeated_actions, "step failures": self.step_failures,
+                "repeated actions": self.repeated_actions, "foreign actions": self.foreign_actions,
+                "clipped actions": self.clipped_actions, "resets refused (foreign)": self.foreign_resets,
+                "episode owner": self.owner, "step failures": self.step_failures,
                 "watchdog trips": self.watchdog_trips, "watchdog active": self.watchdog_active,
+                "last episode end": self.last_end,
             }
+            for reason, count in sorted(self.episode_ends.items()):
+                values["episodes ended: %s" % reason] = count
+            if self.safety is not None:
+                values["resets refused (latched)"] = self.refused_resets
             if self.mode == "realtime":
                 values["loop overruns"] = self.overruns
                 values["watchdog timeout [s]"] = self.params.watchdog_timeout_s
@@ -511,7 +775,8 @@ class ControllerNode:
             values.update(bridge_stats.values())
         level, message = 0, "running" if values["episode running"] else "idle (waiting for walker/reset)"
         if self.watchdog_active:
-            level, message = 1, "watchdog tripped: no fresh actions, robot held"
+            level, message = 1, ("watchdog tripped: no fresh actions, robot held" if self.safety is None else
+                                 "watchdog tripped: no fresh actions, robot left to the safety layer (hold, relax)")
         if self.step_failures:
             level, message = 2 if not values["episode running"] else 1, "backend step failures: %d" % self.step_failures
         name = rospy.get_namespace().rstrip("/") or "/"
@@ -544,8 +809,10 @@ class ControllerNode:
 
 
 def main() -> None:
+    parse_node_args("controller_node", ControllerParams, __doc__)   # --help without a master
     def body() -> None:
         node = ControllerNode(load_private_params(ControllerParams))
         rospy.on_shutdown(node.close)
-        rospy.spin()
+        with MasterWatch(shutdown_after_s=SERVER_GRACE_S):   # master_watch.py: ends on a roscore restart
+            rospy.spin()
     run_node("controller", body)

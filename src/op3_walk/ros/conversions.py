@@ -1,4 +1,9 @@
-"""numpy / RobotState <-> ROS messages. Pure functions; no node state."""
+"""numpy / RobotState <-> ROS messages. Pure functions; no node state.
+
+Frames (REP 103 / 105): ``odom`` is the world frame of the simulation (or the robot's start pose); ``base_link`` is the
+URDF's root link, rigidly on the torso link with an identity transform, so the backend's body frame (torso link) and
+``base_link`` are the same frame.  Under a TF prefix both become ``<prefix>/odom`` and ``<prefix>/base_link``.
+"""
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -7,18 +12,38 @@ from gymnasium import spaces
 from geometry_msgs.msg import Point, Quaternion, Vector3
 from sensor_msgs.msg import Imu, JointState
 
+from op3_walk.backends.base import quat_to_matrix
 from op3_walk.msg import EpisodeStats, WalkerAction, WalkerState
 
 WORLD_FRAME = "odom"
+BASE_FRAME = "base_link"
+UNKNOWN_VARIANCE = 1e6   # Odometry covariance of a quantity the backend does not measure (hardware: x, y, yaw)
+
+
+def prefixed_frame(prefix: str, frame: str) -> str:
+    """``frame`` under a TF prefix, as robot_state_publisher writes it: ``actor_0`` + ``odom`` -> ``actor_0/odom``
+    (slashes around the prefix are dropped; no prefix -> the frame itself; tf2 frame ids never start with ``/``)."""
+    prefix = prefix.strip("/")
+    return "%s/%s" % (prefix, frame) if prefix else frame
+
+
+def body_linear_velocity(state) -> np.ndarray:
+    """The base's linear velocity (m/s) in the body frame (base_link = torso link); RobotState has it in odom."""
+    rotation = quat_to_matrix(np.asarray(state.base_orientation, dtype=float))
+    return rotation.T.dot(np.asarray(state.base_linear_velocity, dtype=float))
 
 
 def state_message(robot, layout: Sequence[Tuple[str, int]], episode: int, step: int, obs: np.ndarray,
-                  reward: float, terminated: bool, truncated: bool, info: Dict, stamp: rospy.Time) -> WalkerState:
-    """A WalkerState for one tick. ``info`` is the env's info dict (``state``, ``reward_terms``, ``distance``)."""
+                  reward: float, terminated: bool, truncated: bool, info: Dict, stamp: rospy.Time,
+                  world_frame: str = WORLD_FRAME, end_reason: str = "") -> WalkerState:
+    """A WalkerState for one tick. ``info`` is the env's info dict (``state``, ``reward_terms``, ``distance``);
+    ``world_frame``: the (prefixed) odom frame, the frame of ``torso_pose``.  ``torso_twist`` is in the body frame
+    (base_link = torso link), linear and angular alike, as in nav_msgs/Odometry.  ``end_reason`` (one of
+    ``END_REASONS``) for a terminal state; empty: derived from ``terminated`` / ``truncated`` (``end_reason_of``)."""
     state = info["state"]
     msg = WalkerState()
     msg.header.stamp = stamp
-    msg.header.frame_id = WORLD_FRAME
+    msg.header.frame_id = world_frame
     msg.episode = episode
     msg.step = step
     msg.sim_time = float(state.time)
@@ -28,6 +53,7 @@ def state_message(robot, layout: Sequence[Tuple[str, int]], episode: int, step: 
     msg.reward = float(reward)
     msg.terminated = bool(terminated)
     msg.truncated = bool(truncated)
+    msg.end_reason = str(end_reason) or end_reason_of(msg)
     terms = info.get("reward_terms", {})
     msg.reward_term_names = list(terms.keys())
     msg.reward_terms = [float(v) for v in terms.values()]
@@ -36,7 +62,7 @@ def state_message(robot, layout: Sequence[Tuple[str, int]], episode: int, step: 
     msg.joint_velocities = np.asarray(state.joint_velocities, dtype=float).tolist()
     msg.torso_pose.position = Point(*map(float, state.base_position))
     msg.torso_pose.orientation = Quaternion(*map(float, state.base_orientation))
-    msg.torso_twist.linear = Vector3(*map(float, state.base_linear_velocity))
+    msg.torso_twist.linear = Vector3(*map(float, body_linear_velocity(state)))
     msg.torso_twist.angular = Vector3(*map(float, state.base_angular_velocity))
     msg.foot_names = list(robot.foot_links)
     msg.foot_contacts = [bool(c) for c in state.foot_contacts]
@@ -66,6 +92,33 @@ def imu_message(state, frame_id: str, stamp: rospy.Time) -> Imu:
     msg.orientation_covariance = [1e-6, 0, 0, 0, 1e-6, 0, 0, 0, 1e-6]
     msg.angular_velocity_covariance = [1e-6, 0, 0, 0, 1e-6, 0, 0, 0, 1e-6]
     msg.linear_acceleration_covariance = [1e-4, 0, 0, 0, 1e-4, 0, 0, 0, 1e-4]
+    return msg
+
+
+def odometry_message(state, odom_frame: str, base_frame: str, stamp: rospy.Time, ground_truth: bool = True):
+    """nav_msgs/Odometry of the base: pose of ``base_frame`` in ``odom_frame``, twist in ``base_frame`` (REP 105:
+    the twist is in ``child_frame_id``).
+
+    ``ground_truth`` (simulation): every value is exact; variances 1e-6 (known, small).  Otherwise (hardware) x, y
+    and yaw and the linear velocity are not estimated by the backend (they read 0): their variances are
+    ``UNKNOWN_VARIANCE``; height, roll and pitch (leg kinematics, IMU) and the gyro keep 1e-6.
+    """
+    from nav_msgs.msg import Odometry
+    msg = Odometry()
+    msg.header.stamp = stamp
+    msg.header.frame_id = odom_frame
+    msg.child_frame_id = base_frame
+    msg.pose.pose.position = Point(*map(float, state.base_position))
+    msg.pose.pose.orientation = Quaternion(*map(float, state.base_orientation))
+    msg.twist.twist.linear = Vector3(*map(float, body_linear_velocity(state)))
+    msg.twist.twist.angular = Vector3(*map(float, state.base_angular_velocity))
+    # 6x6 row-major, order x, y, z, roll, pitch, yaw (pose) / vx, vy, vz, wx, wy, wz (twist)
+    known = 1e-6
+    pose_var = [known] * 6 if ground_truth else [UNKNOWN_VARIANCE, UNKNOWN_VARIANCE, known, known, known,
+                                                 UNKNOWN_VARIANCE]
+    twist_var = [known] * 6 if ground_truth else [UNKNOWN_VARIANCE] * 3 + [known] * 3
+    msg.pose.covariance = np.diag(pose_var).ravel().tolist()
+    msg.twist.covariance = np.diag(twist_var).ravel().tolist()
     return msg
 
 
@@ -122,9 +175,11 @@ def action_from_message(msg: WalkerAction, action_space: Any) -> Any:
 
 def episode_stats_message(episode: int, episode_return: float, length: int, distance: float, fell: bool,
                           wall_time: float, total_env_steps: int, total_updates: int,
-                          reward_terms: Dict[str, float], stamp: rospy.Time, actor: str = "") -> EpisodeStats:
+                          reward_terms: Dict[str, float], stamp: rospy.Time, actor: str = "",
+                          end_reason: str = "") -> EpisodeStats:
     """An EpisodeStats for one finished episode; ``env_steps_per_s`` is ``length / wall_time`` (0 for no time);
-    ``actor`` is the namespace of the controller that ran it."""
+    ``actor`` is the namespace of the controller that ran it; ``end_reason``: its last WalkerState's (``""``: not
+    reported)."""
     msg = EpisodeStats()
     msg.header.stamp = stamp
     msg.episode = int(episode)
@@ -139,4 +194,25 @@ def episode_stats_message(episode: int, episode_return: float, length: int, dist
     msg.total_updates = int(total_updates)
     msg.reward_term_names = list(reward_terms)
     msg.reward_term_sums = [float(v) for v in reward_terms.values()]
+    msg.end_reason = str(end_reason)
     return msg
+
+
+# Why an episode ended (WalkerState.end_reason, EpisodeStats.end_reason).
+END_FELL = "fell"                  # the task: the robot fell (terminated)
+END_TIME_LIMIT = "time limit"      # the task's max_episode_steps (truncated)
+END_WATCHDOG = "watchdog"          # realtime controller: no fresh action for watchdog_timeout_s (the policy stopped)
+END_ESTOP = "e-stop"               # backend hardware: an e-stop latched in the safety layer
+END_SAFETY_FALL = "safety fall"    # backend hardware: the safety layer's fall check latched (terminated)
+END_SAFETY_RELAX = "safety relax"  # backend hardware: the safety layer's watchdog relaxed the robot (loop stalled)
+END_REASONS = (END_FELL, END_TIME_LIMIT, END_WATCHDOG, END_ESTOP, END_SAFETY_FALL, END_SAFETY_RELAX)
+
+
+def end_reason_of(msg: WalkerState) -> str:
+    """Why the episode of ``msg`` ended: its ``end_reason``, else (a sender that does not set it) "fell" for a
+    terminated state, "time limit" for a truncated one; "" while the episode runs."""
+    if getattr(msg, "end_reason", ""):
+        return msg.end_reason
+    if msg.terminated:
+        return END_FELL
+    return END_TIME_LIMIT if msg.truncated else ""

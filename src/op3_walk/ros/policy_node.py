@@ -9,6 +9,11 @@ Episodes: with ``start_episodes`` (the default; in lockstep simulation nobody el
 Without it, it acts on whatever episodes another node starts.  It publishes one EpisodeStats per episode it ran from
 its first state, and logs a summary (returns, distances, falls, inference time per action) when it stops.
 
+Episode ends: each EpisodeStats carries why its episode ended (``end_reason``: fell, time limit, watchdog, e-stop,
+safety fall, safety relax: the last WalkerState's).  A reset refused while an e-stop or fall is latched on the robot
+(the controller answers ``retry``) is retried every RESET_RETRY_S, with a warning naming why, until someone calls
+safety/reset_estop: the session then continues with its next episode, without a relaunch.
+
 Robustness: a state it has already answered (a re-send) is not answered twice; if no new state follows an action
 within 1 s, the action is re-sent (the lockstep controller answers a repeat by re-sending its state, so a message
 lost either way costs a resend, not a hang).  Every state's observation layout is checked against the policy's.
@@ -30,11 +35,15 @@ import rospy
 from op3_walk.config import doc
 from op3_walk.msg import EpisodeStats, WalkerAction, WalkerState
 from op3_walk.policy.runtime import NumpyPolicy, PolicyInterface, expected_interface
-from op3_walk.ros.conversions import action_message, episode_stats_message, observation_from_message
-from op3_walk.ros.params import load_private_params, run_node
+from op3_walk.ros.conversions import action_message, end_reason_of, episode_stats_message, observation_from_message
+from op3_walk.ros.master_watch import MasterWatch
+from op3_walk.ros.params import load_private_params, parse_node_args, run_node
+from op3_walk.ros.session_end import end_session
 from op3_walk.srv import LoadPolicy, LoadPolicyResponse, ResetEpisode
 
 RESEND_INTERVAL_S = 1.0    # re-send an unanswered action this often
+RESET_RETRY_S = 0.5        # retry a reset refused while an e-stop is latched this often
+RESET_RETRY_LOG_S = 10.0   # ... repeating the warning this often (and whenever the controller's reason changes)
 ACT_TIME_WINDOW = 10000    # inference times kept for the summary's percentiles
 PUBLISH_QUEUE = 1000       # messages queued per subscriber connection (about 2 s of lockstep actions)
 
@@ -67,6 +76,8 @@ class PolicyParams:
             raise ValueError("parameter ~policy (the exported .npz to run) is required")
         if self.episodes < 0:
             raise ValueError("episodes must be >= 0 (0 = run until shut down), got %d" % self.episodes)
+        if self.seed < -1:
+            raise ValueError("seed must be >= 0, or -1 (never re-seed), got %d" % self.seed)
         for name in ("state_timeout", "connect_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError("%s must be > 0 s, got %r" % (name, getattr(self, name)))
@@ -89,6 +100,7 @@ class _Finished:
     length: int
     distance: float
     fell: bool
+    end_reason: str = ""
 
 
 class PolicyNode:
@@ -127,6 +139,7 @@ class PolicyNode:
         self.resent_actions = 0
         self.bad_states = 0
         self.partial_episodes = 0
+        self.refused_resets = 0                                 # reset attempts refused while an e-stop was latched
         self.act_times: Deque[float] = collections.deque(maxlen=ACT_TIME_WINDOW)
         self.act_time_max = 0.0
         self.act_time_sum = 0.0
@@ -224,15 +237,17 @@ class PolicyNode:
             self._current = None
 
     def _finish(self, episode: _Episode, msg: WalkerState, now: float) -> None:
-        record = _Finished(episode.episode_return, episode.steps, float(msg.distance), bool(msg.terminated))
+        record = _Finished(episode.episode_return, episode.steps, float(msg.distance), bool(msg.terminated),
+                           end_reason_of(msg))
         self.finished.append(record)
         self._done_episodes.add(episode.controller_episode)
         number = len(self.finished)
         self.stats_pub.publish(episode_stats_message(
             number, record.episode_return, record.length, record.distance, record.fell, now - episode.started,
-            self.total_steps, 0, episode.reward_terms, rospy.Time.now()))
-        rospy.loginfo("policy: episode %d: return %.3f, %d steps, %.3f m, %s", number, record.episode_return,
-                      record.length, record.distance, "fell" if record.fell else "time limit")
+            self.total_steps, 0, episode.reward_terms, rospy.Time.now(), end_reason=record.end_reason))
+        log = rospy.loginfo if record.end_reason in ("fell", "time limit") else rospy.logwarn
+        log("policy: episode %d: return %.3f, %d steps, %.3f m, %s", number, record.episode_return,
+            record.length, record.distance, record.end_reason)
 
     def _on_load(self, req) -> LoadPolicyResponse:
         if not req.path:
@@ -291,10 +306,32 @@ class PolicyNode:
                 rospy.wait_for_service(self._reset_name, timeout=self.params.connect_timeout)
                 self._reset_proxy = rospy.ServiceProxy(self._reset_name, ResetEpisode, persistent=True)
 
-    def _start_episode(self, seed: int) -> int:
-        resp = self._call_reset(seed)
-        if not resp.success:
-            raise RuntimeError("controller refused to reset: %s" % resp.message)
+    def _start_episode(self, seed: int) -> Optional[int]:
+        """Reset the controller (retrying while it says ``retry``: an e-stop is latched); the episode's number, or
+        None on shutdown."""
+        waiting_since, logged_at, logged_why = None, 0.0, ""
+        while True:
+            resp = self._call_reset(seed)
+            if resp.success:
+                break
+            if not resp.retry:
+                raise RuntimeError("controller refused to reset: %s" % resp.message)
+            now = time.monotonic()
+            if waiting_since is None:
+                waiting_since = now
+            if resp.message != logged_why or now - logged_at >= RESET_RETRY_LOG_S:
+                rospy.logwarn("policy: controller refused to reset: %s; waiting %.0f s so far, retrying every %.1f s",
+                              resp.message, now - waiting_since, RESET_RETRY_S)
+                logged_at, logged_why = now, resp.message
+            self.refused_resets += 1
+            deadline = now + RESET_RETRY_S
+            while time.monotonic() < deadline:
+                if rospy.is_shutdown():
+                    return None
+                time.sleep(0.05)
+        if waiting_since is not None:
+            rospy.loginfo("policy: reset accepted after %.1f s of waiting; continuing",
+                          time.monotonic() - waiting_since)
         # The reset state also comes on walker/state; whichever copy arrives first is answered, the other ignored.
         self._reset_key = (int(resp.state.episode), int(resp.state.step))
         self._on_state(resp.state, from_reset=True)
@@ -348,6 +385,8 @@ class PolicyNode:
             seed = self.params.seed
             while not rospy.is_shutdown() and (not self.params.episodes or len(self.finished) < self.params.episodes):
                 episode = self._start_episode(seed)
+                if episode is None:
+                    return
                 seed = -1
                 if not self._wait(episode, fatal_timeout=True):
                     return
@@ -366,13 +405,16 @@ class PolicyNode:
                 parts.append("length mean %.1f steps" % np.mean([f.length for f in finished]))
                 parts.append("distance mean %.3f m" % np.mean([f.distance for f in finished]))
                 parts.append("fell %d/%d" % (sum(f.fell for f in finished), len(finished)))
+                others = collections.Counter(f.end_reason for f in finished
+                                             if f.end_reason not in ("fell", "time limit"))
+                parts += ["%s %d" % kv for kv in sorted(others.items())]
             if self.actions:
                 parts.append("%d actions, inference mean %.1f us, p99 %.1f us, max %.1f us" % (
                     self.actions, 1e6 * self.act_time_sum / self.actions, 1e6 * np.percentile(times, 99),
                     1e6 * self.act_time_max))
             extras = [(self.duplicate_states, "re-sent states ignored"), (self.resent_actions, "actions re-sent"),
                       (self.bad_states, "bad states"), (self.partial_episodes, "partial episodes not reported"),
-                      (self.policy_loads, "policy loads")]
+                      (self.policy_loads, "policy loads"), (self.refused_resets, "resets refused (e-stop latched)")]
             parts += ["%d %s" % (n, what) for n, what in extras if n]
             parts.append("policy %s" % self.policy.path)
         return "; ".join(parts)
@@ -385,10 +427,13 @@ class PolicyNode:
 
 
 def main() -> None:
+    parse_node_args("policy_node", PolicyParams, __doc__)   # --help without a master
     def body() -> None:
         node = PolicyNode(load_private_params(PolicyParams))
         try:
-            node.run()
+            with MasterWatch(shutdown_after_s=0.0):   # master_watch.py: a roscore restart ends the session
+                node.run()
         finally:
             node.close()
+        end_session()   # session_end.py: end the launch without a "REQUIRED process has died" banner
     run_node("policy", body)

@@ -34,8 +34,10 @@ class TrainConfig:
     seed: int = doc("seed of the first episode (later episodes continue the env's RNG stream) and of the agent; "
                     "with several envs, env i's first episode gets seed + i", 0)
     checkpoint_every: int = doc("env steps between periodic checkpoints; 0 = only at the end", 5000)
-    reconnect_timeout_s: float = doc("s to keep trying to reset an env that became unavailable (a controller being "
-                                     "restarted) before the run fails; 0 = fail at once", 0.0)
+    reconnect_timeout_s: float = doc("s to keep trying to reset envs that became unavailable (a controller being "
+                                     "restarted, a host cut off) while no env is running, before the run fails; "
+                                     "while another env runs, a lost env is retried for as long as training goes "
+                                     "on; 0 = fail as soon as any env is lost", 0.0)
     overlap_updates: bool = doc("run the gradient updates due for step t after sending the action of step t+1, so a "
                                 "remote env (a ROS controller in another process) steps while the learner trains; "
                                 "the policy then acts one step's updates behind. The same order is used in-process, "
@@ -128,13 +130,20 @@ class Trainer:
 
     With several envs, every round acts on each running env's observation (in env order), sends all actions, then
     collects the results in env order, storing and updating after each one: envs with ``step_async``/``step_wait``
-    (the ROS env) step concurrently.  With one env and ``overlap_updates`` off, the calls are exactly act, step,
-    observe, update; with it on (the default) the updates due after step t run once the actions of step t+1 are sent
-    (act t+1, send, update for t, receive t+1, observe t+1, ...), so the ROS controller's physics runs in parallel
-    with the learner's gradient steps.  Pending updates are run before an episode's record is made, before every
+    step concurrently.  Envs that also have ``step_poll`` (the ROS env: None while the answer is outstanding)
+    are not run in rounds: each answer is stored as it arrives and that env gets its next action at once, so an
+    env that falls silent holds up nobody while its timeout runs.  With one env and ``overlap_updates`` off, the
+    calls are exactly act, step, observe, update; with it on (the default) the updates due after step t run once
+    the actions of step t+1 are sent (act t+1, send, update for t, receive t+1, observe t+1, ...), so the ROS
+    controller's physics runs in parallel with the learner's gradient steps.  Pending updates are run before an episode's record is made, before every
     checkpoint and when the run ends, so counts and checkpoints are the same as without overlap.
-    An env raising :class:`EnvUnavailable` loses its episode; it is reset again (retried every few seconds, or
-    blocking when no other env is running) for up to ``config.reconnect_timeout_s``.
+    An env raising :class:`EnvUnavailable` loses its episode in progress (the transitions it already stored stay in
+    the replay memory) and training goes on with the others; it is reset again every ``RETRY_INTERVAL_S`` (at
+    once when no other env is running) and takes part again with a fresh episode once a reset succeeds.  An env
+    may offer ``available()`` (a cheap, non-blocking "worth trying a reset now?"); a lost env that says False is
+    skipped until it says True.  The run fails only when no env has been running for
+    ``config.reconnect_timeout_s`` (or at the first loss when it is 0).  ``actor_steps[i]`` counts the transitions
+    env i has stored, ``actor_episodes[i]`` its finished episodes.
     """
 
     RETRY_INTERVAL_S = 2.0   # between reset attempts of a lost env while others keep training
@@ -150,6 +159,12 @@ class Trainer:
         self.envs = list(env) if isinstance(env, (list, tuple)) else [env]
         if not self.envs:
             raise ValueError("Trainer needs at least one env")
+        n_step = getattr(getattr(agent, "memory", None), "n_step", 1)
+        if len(self.envs) > 1 and n_step > 1:
+            # one memory holds one pending n-step window: several actors' transitions would interleave in it
+            raise ValueError("n_step %d with %d actors: n-step returns are summed over one episode's consecutive "
+                             "transitions and the replay memory keeps one pending window; use n_step: 1 with "
+                             "several actors" % (n_step, len(self.envs)))
         self.env = self.envs[0]
         self.config = config
         self.on_episode = list(on_episode or [])
@@ -160,6 +175,11 @@ class Trainer:
         self.episodes = episodes_done
         self.lost_episodes = 0
         self.lost_envs: Set[int] = set()   # indices of the envs unavailable right now
+        self.actor_steps = [0] * len(self.envs)      # transitions stored from each env
+        self.actor_episodes = [0] * len(self.envs)   # episodes finished by each env
+        self._slots: List[_Slot] = []
+        self._idle_since: Optional[float] = None     # since when no env has been running (all lost)
+        self._last_ckpt = 0
         self.lock = threading.RLock()
         self.paused = threading.Event()
         self.last_record: Optional[EpisodeRecord] = None
@@ -191,13 +211,18 @@ class Trainer:
         if slot.obs is not None and slot.length:
             self.lost_episodes += 1
         self.lost_envs.add(slot.index)
+        now = time.monotonic()
         if slot.lost_since is None:
-            slot.lost_since = time.monotonic()
+            slot.lost_since = now
             self.log("env %d unavailable (%s); %s" % (slot.index, exc, "its episode is abandoned, retrying"
                                                        if self.config.reconnect_timeout_s > 0 else "giving up"))
         slot.obs = None
-        slot.next_retry = time.monotonic() + self.RETRY_INTERVAL_S
-        if time.monotonic() - slot.lost_since > self.config.reconnect_timeout_s:
+        slot.next_retry = now + self.RETRY_INTERVAL_S
+        if not any(s.obs is not None for s in self._slots):
+            if self._idle_since is None:
+                self._idle_since = now
+        if (self.config.reconnect_timeout_s == 0
+                or (self._idle_since is not None and now - self._idle_since > self.config.reconnect_timeout_s)):
             raise exc
 
     def _reset(self, slot: _Slot, seed: Optional[int]) -> None:
@@ -212,6 +237,7 @@ class Trainer:
             self.log("env %d is back after %.1f s" % (slot.index, time.monotonic() - slot.lost_since))
             slot.lost_since = None
         self.lost_envs.discard(slot.index)
+        self._idle_since = None
         slot.start_episode(obs)
 
     def _run_pending(self) -> None:
@@ -228,6 +254,7 @@ class Trainer:
             self._run_pending()
         wall = max(time.monotonic() - slot.started, 1e-9)
         self.episodes += 1
+        self.actor_episodes[slot.index] += 1
         record = EpisodeRecord(
             episode=self.episodes, episode_return=slot.ep_return, length=slot.length,
             distance=float(slot.info.get("distance", math.nan)), fell=bool(terminated), wall_time=wall,
@@ -238,25 +265,63 @@ class Trainer:
         for hook in self.on_episode:
             hook(record)
 
+    def _retry_lost(self, slots: List[_Slot]) -> None:
+        """Lost envs: try a reset now and then, or at once when nothing else runs (an env whose ``available()``
+        says False is not tried; only the time limit is checked)."""
+        running = any(s.obs is not None for s in slots)
+        now = time.monotonic()
+        for slot in slots:
+            if slot.obs is None and (not running or now >= slot.next_retry):
+                if slot.lost_since is not None and not getattr(slot.env, "available", lambda: True)():
+                    self._lose(slot, EnvUnavailable("not reachable yet"))
+                    continue
+                self._reset(slot, None)
+
+    def _store(self, slot: _Slot, result: Any) -> None:
+        """One answered step of ``slot``: into the replay memory, updates due, episode bookkeeping, checkpoint,
+        and the episode's end (record and reset)."""
+        cfg, agent = self.config, self.agent
+        next_obs, reward, terminated, truncated, info = result
+        with self.lock:
+            agent.observe(slot.obs, slot.action, float(reward), next_obs, bool(terminated), bool(truncated))
+            self.actor_steps[slot.index] += 1
+            self._pending.extend([slot] * agent.updates_due())
+            if not cfg.overlap_updates:
+                self._run_pending()
+        slot.obs = next_obs
+        slot.info = info
+        slot.ep_return += float(reward)
+        slot.length += 1
+        for key, value in info.get("reward_terms", {}).items():
+            slot.terms[key] = slot.terms.get(key, 0.0) + float(value)
+        if self.on_step is not None:
+            self.on_step(self)
+        if (cfg.checkpoint_every and self.checkpoint is not None
+                and agent.env_steps - self._last_ckpt >= cfg.checkpoint_every):
+            self._last_ckpt = agent.env_steps
+            self._checkpoint()
+        if terminated or truncated:
+            self._finish(slot, bool(terminated))
+            if agent.env_steps < cfg.total_steps:
+                self._reset(slot, None)
+
     def _loop(self) -> bool:
         cfg = self.config
         agent = self.agent
         seed: Optional[int] = cfg.seed if agent.env_steps == 0 else None
-        last_ckpt = agent.env_steps
-        slots = [_Slot(env, i) for i, env in enumerate(self.envs)]
+        self._last_ckpt = agent.env_steps
+        slots = self._slots = [_Slot(env, i) for i, env in enumerate(self.envs)]
         for slot in slots:
             self._reset(slot, None if seed is None else seed + slot.index)
+        if len(slots) > 1 and all(hasattr(env, "step_async") and hasattr(env, "step_poll") for env in self.envs):
+            return self._loop_async(slots)
         while agent.env_steps < cfg.total_steps:
             if self.should_stop():
                 return True
             if self.paused.is_set():
                 time.sleep(0.02)
                 continue
-            running = [s for s in slots if s.obs is not None]
-            now = time.monotonic()
-            for slot in slots:   # lost envs: retry now and then, or at once when nothing else runs
-                if slot.obs is None and (not running or now >= slot.next_retry):
-                    self._reset(slot, None)
+            self._retry_lost(slots)
             running = [s for s in slots if s.obs is not None]
             if not running:
                 time.sleep(0.05)
@@ -274,7 +339,7 @@ class Trainer:
                 if slot.obs is None:
                     continue
                 try:
-                    next_obs, reward, terminated, truncated, info = slot.receive()
+                    result = slot.receive()
                 except Exception as exc:
                     if self.should_stop():   # the env's wait was cut short by a shutdown: not an error
                         return True
@@ -282,29 +347,63 @@ class Trainer:
                         self._lose(slot, exc)
                         continue
                     raise
-                with self.lock:
-                    agent.observe(slot.obs, slot.action, float(reward), next_obs, bool(terminated), bool(truncated))
-                    self._pending.extend([slot] * agent.updates_due())
-                    if not cfg.overlap_updates:
-                        self._run_pending()
-                slot.obs = next_obs
-                slot.info = info
-                slot.ep_return += float(reward)
-                slot.length += 1
-                for key, value in info.get("reward_terms", {}).items():
-                    slot.terms[key] = slot.terms.get(key, 0.0) + float(value)
-                if self.on_step is not None:
-                    self.on_step(self)
-                if (cfg.checkpoint_every and self.checkpoint is not None
-                        and agent.env_steps - last_ckpt >= cfg.checkpoint_every):
-                    last_ckpt = agent.env_steps
-                    self._checkpoint()
-                if terminated or truncated:
-                    self._finish(slot, bool(terminated))
-                    if agent.env_steps < cfg.total_steps:
-                        self._reset(slot, None)
+                self._store(slot, result)
                 if agent.env_steps >= cfg.total_steps:
                     break
+        return False
+
+    def _loop_async(self, slots: List[_Slot]) -> bool:
+        """Several remote envs with ``step_poll``: each answer is stored as it comes and its env gets its next
+        action at once, so a slow or silent env (until it is declared lost) holds up nobody else.  Envs may set
+        ``on_answer`` (a callable) to wake the loop when an answer arrives."""
+        cfg, agent = self.config, self.agent
+        wake = threading.Event()
+        for env in self.envs:
+            env.on_answer = wake.set
+        in_flight: List[_Slot] = []
+        try:
+            while agent.env_steps < cfg.total_steps:
+                if self.should_stop():
+                    return True
+                self._retry_lost(slots)
+                if not self.paused.is_set():   # paused: the answers in flight are still taken, nothing new sent
+                    for slot in slots:
+                        if slot.obs is not None and slot not in in_flight:
+                            with self.lock:
+                                action = agent.act(slot.obs, explore=True)
+                            try:
+                                slot.send(action)
+                                in_flight.append(slot)
+                            except EnvUnavailable as exc:
+                                self._lose(slot, exc)
+                if not in_flight:
+                    time.sleep(0.02 if self.paused.is_set() else 0.05)
+                    continue
+                with self.lock:   # overlap_updates: the sent envs step while the learner trains
+                    self._run_pending()
+                wake.clear()
+                answered = False
+                for slot in list(in_flight):
+                    try:
+                        result = slot.env.step_poll()
+                    except EnvUnavailable as exc:
+                        in_flight.remove(slot)
+                        if self.should_stop():
+                            return True
+                        self._lose(slot, exc)
+                        continue
+                    if result is None:
+                        continue
+                    in_flight.remove(slot)
+                    answered = True
+                    self._store(slot, result)
+                    if agent.env_steps >= cfg.total_steps:
+                        break
+                if not answered:
+                    wake.wait(0.05)
+        finally:
+            for env in self.envs:
+                env.on_answer = None
         return False
 
     def _checkpoint(self) -> None:

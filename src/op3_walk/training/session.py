@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from op3_walk.agents import AGENTS, DISCRETE_ALGOS, agent_classes
 from op3_walk.config import ConfigError, load
@@ -170,6 +170,24 @@ def existing_run(out_dir: str) -> List[str]:
     return found
 
 
+def refuse_existing_run(out_dir: str, discard_unsaved: bool = False, also: Sequence[str] = ()) -> None:
+    """Raise :class:`RunExistsError` when a fresh session in ``out_dir`` would overwrite or append to an earlier run
+    (:func:`existing_run`, plus those of the files ``also`` that exist, e.g. a recorded bag), naming the two ways on.
+    ``discard_unsaved``: a run that logged episodes but saved no checkpoint does not count (see TrainingSession).
+    Entry points that wait for something first (learner_node) call this before waiting."""
+    out_dir = os.path.abspath(out_dir)
+    found = existing_run(out_dir)
+    if discard_unsaved and found == [os.path.join(out_dir, CSV_NAME)]:
+        found = []
+    found += [path for path in also if os.path.exists(path)]
+    if found:
+        raise RunExistsError(
+            "%s already holds a training run (%s); a fresh start would overwrite it. Resume it (resume:=auto "
+            "on the launch files, --resume %s on the command line), or give another output folder "
+            "(out_dir:=... / --out-dir ...)" % (out_dir, ", ".join(os.path.basename(f) for f in found),
+                                                os.path.join(out_dir, CHECKPOINT_NAME)))
+
+
 def truncate_csv(path: str, episodes: int) -> int:
     """Keep the header and the rows of episodes ``1..episodes`` of an episode CSV (atomically); returns how many
     rows were dropped.  A run killed after its last checkpoint logged episodes the checkpoint does not know: a
@@ -222,13 +240,7 @@ class TrainingSession:
         self.config = config
         self.out_dir = os.path.abspath(out_dir)
         if not resume:
-            found = existing_run(self.out_dir)
-            if found and not (discard_unsaved and found == [os.path.join(self.out_dir, CSV_NAME)]):
-                raise RunExistsError(
-                    "%s already holds a training run (%s); a fresh start would overwrite it. Resume it (resume:=auto "
-                    "on the launch files, --resume %s on the command line), or give another output folder "
-                    "(out_dir:=... / --out-dir ...)" % (self.out_dir, ", ".join(os.path.basename(f) for f in found),
-                                                        os.path.join(self.out_dir, CHECKPOINT_NAME)))
+            refuse_existing_run(self.out_dir, discard_unsaved)
         os.makedirs(self.out_dir, exist_ok=True)
         self.meta = dict(meta, algo=agent.algo, obs_dim=agent.obs_dim, act_dim=agent.act_dim)
         self.meta.setdefault("git", git_version())   # the code this session runs (a resumed run: the new code)
