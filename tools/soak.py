@@ -45,6 +45,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench_agents (cpu_model, write_section)
 
+from op3_walk.proctree import alive, children_of   # noqa: E402
+
 SECTION = "## Soak (make soak)"
 RSS_SLOPE_LIMIT = 10.0      # MB/h per process after the replay memory filled: below is "flat"
 RSS_FLOOR_MB = 2.0          # ... or when the slope times the window's length is below this (a short run's noise)
@@ -256,36 +258,6 @@ def proc_sample(pid: int) -> Optional[Dict[str, Any]]:
     tick = os.sysconf("SC_CLK_TCK")
     return {"rss_mb": round(int(status["VmRSS"].split()[0]) / 1024.0, 2), "fds": fds,
             "threads": int(status["Threads"]), "cpu_s": round((int(fields[11]) + int(fields[12])) / tick, 2)}
-
-
-def children_of(pid: int) -> Set[int]:
-    """All descendants of ``pid`` (by parent pid, from /proc)."""
-    parents: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(entry))
-    found: Set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def disk_mb(path: str) -> float:

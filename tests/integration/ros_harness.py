@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Set
 
 import pytest
 
+from op3_walk.proctree import alive, children_of   # noqa: F401  (children_of: also used through this module)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if "ROS_PACKAGE_PATH" not in os.environ or not os.path.isdir(os.path.join(ROOT, ".ws", "devel")):
@@ -23,36 +25,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def children_of(pid: int) -> Set[int]:
-    """All descendants of ``pid`` (by parent pid, from /proc)."""
-    parents: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(entry))
-    found: Set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
