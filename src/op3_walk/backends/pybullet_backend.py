@@ -2,8 +2,10 @@
 
 Each backend owns a ``BulletClient`` (several can live in one process).  ``reset`` rebuilds the world from scratch
 (``resetSimulation`` + ``loadURDF``) so that an episode never depends on the previous one: the same calls give
-bit-identical states.  Joints are driven by PyBullet's POSITION_CONTROL motor with the robot's kp/kd gains, torque
-limited to each joint's effort and speed limited to its velocity.
+bit-identical states.  With the ``ideal`` actuator model (the default) joints are driven by PyBullet's
+POSITION_CONTROL motor with the robot's kp/kd gains, torque limited to each joint's effort and speed limited to its
+velocity.  With a physical model (``servo``, ``op3_walk.backends.actuators``) the velocity motors only carry the
+gear train's Coulomb friction and the model's torque is applied with TORQUE_CONTROL before every physics step.
 
 The robot's URDF has a massless root ``base_link`` (REP 105) fixed to the torso; PyBullet would make a massless base
 static, so the backend loads the model without that root (``torso_rooted_urdf``): the torso is the floating base,
@@ -20,6 +22,7 @@ import numpy as np
 import pybullet
 from pybullet_utils import bullet_client
 
+from op3_walk.backends.actuators import make_actuator
 from op3_walk.backends.base import STANDARD_GRAVITY, Backend, RobotState, clamp_targets
 from op3_walk.robots.description import RobotConfig
 
@@ -98,8 +101,10 @@ def _remove(path: str) -> None:
 class PyBulletBackend(Backend):
     """``robot`` simulated in PyBullet (DIRECT by default, GUI on request)."""
 
-    def __init__(self, robot: RobotConfig, gui: bool = False):
+    def __init__(self, robot: RobotConfig, gui: bool = False, actuator_model: str = "ideal"):
         self.robot = robot
+        self.actuator_model = "ideal"
+        self._actuator = None   # the ServoActuator of a physical model; None: PyBullet's position motors
         self.gui = gui
         self._client = bullet_client.BulletClient(connection_mode=pybullet.GUI if gui else pybullet.DIRECT)
         self._closed = False
@@ -110,6 +115,7 @@ class PyBulletBackend(Backend):
         self._period = robot.control_period_s
         self._body = -1
         self._limp = False
+        self._limp_mask = None  # joints relax() made limp (servo model: no torque there), None when none
         self._ground = -1
         self._joint_ids = []  # PyBullet joint index of each robot joint
         self._foot_ids = []   # PyBullet link index of each foot link
@@ -149,6 +155,18 @@ class PyBulletBackend(Backend):
         self._get_contacts = c.getContactPoints
         self._get_link_states = c.getLinkStates
         self._matrix_from_quaternion = c.getMatrixFromQuaternion
+        self._u_index = []      # index of each robot joint's velocity in PyBullet's mass matrix
+        self._movable = []      # PyBullet joint indices with a degree of freedom, in order
+        self.set_actuator_model(actuator_model)
+
+    def set_actuator_model(self, model: str) -> None:
+        """Select the actuator model (``ideal`` or ``servo``, see ``op3_walk.backends.actuators``); it takes effect
+        at the next ``reset`` (ValueError for an unknown model or a robot without its parameters)."""
+        self._check_open()
+        actuator = make_actuator(model, self.robot)
+        if actuator is not None:
+            actuator.kp_scale = self._kp_scales.copy()
+        self.actuator_model, self._actuator = model, actuator
 
     # -- world -------------------------------------------------------------------------------------------------
     def _build_world(self, base_position: Sequence[float], base_orientation: Sequence[float]) -> None:
@@ -167,14 +185,19 @@ class PyBulletBackend(Backend):
         self._body = c.loadURDF(self._sim_urdf, list(base_position), list(base_orientation),
                                 flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
         joints, links = {}, {self._decode(c.getBodyInfo(self._body)[0]): -1}
+        u_index, self._movable = {}, []
         for index in range(c.getNumJoints(self._body)):
             info = c.getJointInfo(self._body, index)
             joints[self._decode(info[1])] = index
             links[self._decode(info[12])] = index
+            if info[2] != pybullet.JOINT_FIXED:
+                u_index[index] = info[4]
+                self._movable.append(index)
         missing = [n for n in self._names if n not in joints] + [f for f in self.robot.foot_links if f not in links]
         if missing:
             raise ValueError("%s lacks joint(s)/link(s): %s" % (self.robot.urdf_path, ", ".join(missing)))
         self._joint_ids = [joints[n] for n in self._names]
+        self._u_index = [u_index.get(i, -1) for i in self._joint_ids]
         self._foot_ids = [links[f] for f in self.robot.foot_links]
         for link in links.values():
             c.changeDynamics(self._body, link, lateralFriction=ROBOT_FRICTION)
@@ -230,6 +253,7 @@ class PyBulletBackend(Backend):
             self._client.resetJointState(self._body, index, float(position), 0.0)
         self._init_motors(q)
         self._limp = False
+        self._limp_mask = None
         self._push_substeps = 0
         self._steps = 0
         self._lin_vel = np.zeros(3)
@@ -241,6 +265,7 @@ class PyBulletBackend(Backend):
         targets = clamp_targets(joint_targets, self._lower, self._upper, self._names)
         if self._limp:   # after relax(): every motor back to position control, speed limit included
             self._limp = False
+            self._limp_mask = None
             self._init_motors(targets)
         else:
             self._send(targets)
@@ -261,6 +286,7 @@ class PyBulletBackend(Backend):
             self._client.setJointMotorControl2(self._body, self._joint_ids[i], pybullet.VELOCITY_CONTROL,
                                                targetVelocity=0.0, force=float(friction_torque))
         self._limp = bool(mask.any())
+        self._limp_mask = mask.copy()
 
     def step(self) -> RobotState:
         self._check_open()
@@ -271,6 +297,8 @@ class PyBulletBackend(Backend):
                 self._push_substeps -= 1
                 com = self._get_base_pose(self._body)[0]
                 self._client.applyExternalForce(self._body, -1, self._push_force, com, pybullet.WORLD_FRAME)
+            if self._actuator is not None:
+                self._apply_actuator_torques()
             self._step_simulation()
         self._steps += 1
         self.state = self._read()
@@ -294,6 +322,8 @@ class PyBulletBackend(Backend):
                 raise ValueError("%s must be %d finite positive factors, got %r" % (name, size, values))
         self._friction, self._mass_scales, self._kp_scales = friction, masses, kps
         self._kps = (self.robot.kp * kps).tolist()
+        if self._actuator is not None:
+            self._actuator.kp_scale = kps.copy()
         if self._body >= 0:  # the world exists: rebuild it the next reset; gains apply from the next apply()
             self._client.changeDynamics(self._ground, -1, lateralFriction=friction)
 
@@ -381,6 +411,13 @@ class PyBulletBackend(Backend):
     def _init_motors(self, targets: np.ndarray) -> None:
         """Configure every joint motor, including its speed limit (which later array calls leave in place)."""
         self._targets = targets
+        if self._actuator is not None:   # torque control: velocity motors carry only the Coulomb friction
+            self._set_motors(self._body, self._joint_ids, pybullet.VELOCITY_CONTROL,
+                             targetVelocities=[0.0] * len(self._joint_ids), forces=self._actuator.coulomb.tolist())
+            q = np.array([j[0] for j in self._get_joint_states(self._body, self._joint_ids)])
+            self._actuator.reset(q)
+            self._update_joint_inertia()
+            return
         for i, index in enumerate(self._joint_ids):
             self._set_motor(self._body, index, pybullet.POSITION_CONTROL, targetPosition=float(targets[i]),
                             force=self._forces[i], maxVelocity=float(self._velocity[i]),
@@ -389,8 +426,32 @@ class PyBulletBackend(Backend):
     def _send(self, targets: np.ndarray) -> None:
         """New position targets for all joints in one call (setJointMotorControlArray cannot set maxVelocity)."""
         self._targets = targets
+        if self._actuator is not None:   # the torques follow the new targets from the next physics step
+            self._update_joint_inertia()
+            return
         self._set_motors(self._body, self._joint_ids, pybullet.POSITION_CONTROL, targetPositions=targets.tolist(),
                          forces=self._forces, positionGains=self._kps, velocityGains=self._kds)
+
+    def _update_joint_inertia(self) -> None:
+        """The actuator's armature term needs the joints' apparent inverse inertia in this pose: the joint block of
+        the inverse mass matrix (the floating base free); once per control step."""
+        if not np.any(self._actuator.armature > 0):
+            return
+        c = self._client
+        q = [s[0] for s in c.getJointStates(self._body, self._movable)]
+        mobility = np.linalg.inv(np.array(c.calculateMassMatrix(self._body, q)))[np.ix_(self._u_index, self._u_index)]
+        self._actuator.set_joint_mobility(mobility)
+
+    def _apply_actuator_torques(self) -> None:
+        """One physics step of the actuator model: read the joints, apply its torques (TORQUE_CONTROL)."""
+        joints = self._get_joint_states(self._body, self._joint_ids)
+        q = np.array([j[0] for j in joints])
+        v = np.array([j[1] for j in joints])
+        tau = self._actuator.torque(self._targets, q, v, self.robot.physics_period_s)
+        if self._limp_mask is not None:   # relaxed joints: no servo torque, only the friction relax() set
+            tau = np.where(self._limp_mask, 0.0, tau)
+            self._actuator.last_torque = tau
+        self._set_motors(self._body, self._joint_ids, pybullet.TORQUE_CONTROL, forces=tau.tolist())
 
     def _read(self) -> RobotState:
         """The current state; the acceleration is the base velocity change since the previous read."""
@@ -428,7 +489,8 @@ class PyBulletBackend(Backend):
             time=self._steps * self._period,
             joint_positions=np.array([j[0] for j in joints]),
             joint_velocities=np.array([j[1] for j in joints]),
-            joint_efforts=np.array([j[3] for j in joints]),
+            joint_efforts=(np.array([j[3] for j in joints]) if self._actuator is None
+                           else self._actuator.last_torque.copy()),
             base_position=np.array(position),
             base_orientation=np.array(orientation),
             base_linear_velocity=lin_vel,

@@ -37,6 +37,39 @@ class JointConfig:
             raise ValueError("joint %s: effort and velocity must be positive" % self.name)
 
 
+@dataclasses.dataclass
+class ServoActuatorConfig:
+    """The ``servo`` actuator model (``op3_walk.backends.actuators``), the same for every joint; SI units."""
+
+    kp_nm_per_rad: float = doc("position gain of the servo's PD on the output angle, N·m/rad")
+    kd_nm_s_per_rad: float = doc("velocity gain of the servo's PD, N·m·s/rad")
+    torque_limit_nm: float = doc("absolute torque limit (driving and braking), N·m")
+    stall_torque_nm: float = doc("driving torque available at zero speed (speed-torque line start), N·m")
+    no_load_speed_rad_s: float = doc("speed at which the driving torque reaches zero (speed-torque line end), rad/s")
+    armature_kg_m2: float = doc("armature: rotor inertia reflected through the gears, kg·m²", 0.0)
+    coulomb_friction_nm: float = doc("Coulomb (dry) friction torque of the gear train, N·m", 0.0)
+    viscous_friction_nm_s_per_rad: float = doc("viscous friction, N·m·s/rad", 0.0)
+    dead_band_rad: float = doc("position error the servo ignores (each side), rad; 0 = none", 0.0)
+    backlash_rad: float = doc("total gear play, rad; 0 = none", 0.0)
+
+    def validate(self) -> None:
+        for name in ("kp_nm_per_rad", "torque_limit_nm", "stall_torque_nm", "no_load_speed_rad_s"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError("%s must be positive" % name)
+        for name in ("kd_nm_s_per_rad", "armature_kg_m2", "coulomb_friction_nm", "viscous_friction_nm_s_per_rad",
+                     "dead_band_rad", "backlash_rad"):
+            if getattr(self, name) < 0.0:
+                raise ValueError("%s must not be negative" % name)
+
+
+@dataclasses.dataclass
+class ActuatorConfig:
+    """Parameters of the physical actuator models a task can select (``TaskConfig.actuator_model``)."""
+
+    servo: Optional[ServoActuatorConfig] = doc("the servo model (PD, speed-torque line, armature, friction, dead "
+                                               "band, backlash); absent = the robot cannot use it", None)
+
+
 LEG_JOINT_ROLES = ("hip_yaw", "hip_roll", "hip_pitch", "knee", "ankle_pitch", "ankle_roll")
 
 
@@ -72,6 +105,8 @@ class RobotConfig:
     control_rate_hz: float = doc("policy / servo command rate, Hz")
     physics_rate_hz: float = doc("simulator physics step rate, Hz")
     spawn_height: float = doc("torso origin height above the ground at reset, m")
+    actuator: Optional[ActuatorConfig] = doc("physical actuator model parameters (the ideal model uses kp/kd, "
+                                             "effort and velocity above)", None)
 
     def validate(self) -> None:
         names = [j.name for j in self.joints]
