@@ -7,7 +7,7 @@ independent: heights are fractions of the robot's standing height, gaits and pos
 import dataclasses
 import math
 import os
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from op3_walk import CONFIG_DIR
 from op3_walk.config import doc, from_dict, load, to_dict
@@ -77,24 +77,53 @@ class ObservationConfig:
 
 
 @dataclasses.dataclass
+class CommandRanges:
+    """One robot's command ranges (replacing the task's own for that robot)."""
+
+    forward: Tuple[float, float] = doc("range [min, max] of the commanded forward speed, m/s", (0.0, 0.0))
+    lateral: Tuple[float, float] = doc("range [min, max] of the commanded lateral speed (+y left), m/s", (0.0, 0.0))
+    yaw_rate: Tuple[float, float] = doc("range [min, max] of the commanded yaw rate (+ counter-clockwise), rad/s",
+                                        (0.0, 0.0))
+
+    def validate(self) -> None:
+        for name in ("forward", "lateral", "yaw_rate"):
+            _check_range(name, getattr(self, name))
+
+
+@dataclasses.dataclass
 class CommandConfig:
-    """Velocity command drawn per episode (for velocity-tracking tasks); all zero = no command."""
+    """Velocity command (REP 103 base frame: x forward, y left, yaw counter-clockwise) drawn per episode and every
+    ``resample_s`` (for velocity-tracking tasks; op3_walk.envs.command); all ranges zero = no command.  The same
+    ranges bound an external command (cmd_vel on the controller): a policy is never asked for more than it learned."""
 
     forward: Tuple[float, float] = doc("range [min, max] of the commanded forward speed, m/s", (0.0, 0.0))
     lateral: Tuple[float, float] = doc("range [min, max] of the commanded lateral speed (+y left), m/s", (0.0, 0.0))
     yaw_rate: Tuple[float, float] = doc("range [min, max] of the commanded yaw rate (+ counter-clockwise), rad/s",
                                         (0.0, 0.0))
     resample_s: float = doc("draw a new command every this many seconds; 0 = once per episode", 0.0)
+    zero_probability: float = doc("probability that a drawn command is zero (stand still), in [0, 1]", 0.0)
+    robots: Dict[str, CommandRanges] = doc("per-robot ranges replacing forward, lateral and yaw_rate for the robot "
+                                           "named by the key (robots differ in size and speed)", default_factory=dict)
 
     def validate(self) -> None:
         for name in ("forward", "lateral", "yaw_rate"):
             _check_range(name, getattr(self, name))
         if self.resample_s < 0.0:
             raise ValueError("resample_s must not be negative")
+        if not 0.0 <= self.zero_probability <= 1.0:
+            raise ValueError("zero_probability must lie in [0, 1]")
 
     @property
     def active(self) -> bool:
         return any(bounds != (0.0, 0.0) for bounds in (self.forward, self.lateral, self.yaw_rate))
+
+    def for_robot(self, robot: str) -> "CommandConfig":
+        """This command for ``robot``: its own ranges when ``robots`` has them, without the per-robot table."""
+        ranges = self.robots.get(robot)
+        if ranges is None:
+            return dataclasses.replace(self, robots={})
+        return dataclasses.replace(self, forward=tuple(ranges.forward), lateral=tuple(ranges.lateral),
+                                   yaw_rate=tuple(ranges.yaw_rate), robots={})
 
 
 @dataclasses.dataclass
@@ -144,6 +173,9 @@ class TaskConfig:
                                   "height", 0.6)
     max_tilt: float = doc("the robot fell when the torso tilts more than this from vertical (any direction), rad",
                           0.8)
+    actuator_model: str = doc("simulated actuators: ideal (PyBullet position motors with the robot's kp/kd, as "
+                              "before) or servo (the robot's actuator.servo model through torque control, see "
+                              "op3_walk.backends.actuators); backends with real actuators ignore it", "ideal")
 
     def validate(self) -> None:
         if self.max_episode_steps < 1:
@@ -154,6 +186,8 @@ class TaskConfig:
             raise ValueError("min_height_ratio must lie in (0, 1)")
         if not 0.0 < self.max_tilt < math.pi:
             raise ValueError("max_tilt must lie in (0, pi)")
+        if self.actuator_model not in ("ideal", "servo"):
+            raise ValueError("actuator_model must be ideal or servo, got %r" % self.actuator_model)
 
 
 def load_task(name_or_path: Any, overrides: Optional[Mapping[str, Any]] = None) -> TaskConfig:

@@ -13,6 +13,7 @@ from gymnasium import spaces
 
 from op3_walk.backends.base import Backend, RobotState
 from op3_walk.envs.actions import ActionMap, make_action_map
+from op3_walk.envs.command import draw_command
 from op3_walk.envs.rewards import REFERENCE_TERMS, REWARD_TERMS, Reference, RewardComputer
 from op3_walk.envs.task import TASKS_DIR, TaskConfig, load_task
 from op3_walk.robots.description import RobotConfig, load_robot
@@ -121,6 +122,11 @@ class WalkEnv(gymnasium.Env):
 
     ``info``: ``reward_terms`` (dict), ``fell`` (bool), ``distance`` (m, torso x progress since reset), ``state``
     (the backend's ``RobotState``), ``command`` (the velocity command, when the task has one).
+
+    ## Velocity command
+    Drawn from the task's ranges for this robot (``command.robots``) at reset and every ``resample_s``
+    (``op3_walk.envs.command``).  A controller steering the robot (cmd_vel) sets ``command_override``; while it is
+    not None it replaces the drawn command in the observation, the reward and ``info["command"]``.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 60}
@@ -141,9 +147,11 @@ class WalkEnv(gymnasium.Env):
         self._owns_backend = backend is None
         if backend is None:
             from op3_walk.backends.pybullet_backend import PyBulletBackend  # pybullet only when simulating here
-            backend = PyBulletBackend(self.robot, gui=gui)
+            backend = PyBulletBackend(self.robot, gui=gui, actuator_model=self.task.actuator_model)
         elif tuple(backend.robot.joint_names) != self.robot.joint_names:
             raise ValueError("backend robot joints differ from the environment's robot %s" % self.robot.name)
+        elif hasattr(backend, "set_actuator_model"):   # a simulator: the task picks its actuator model
+            backend.set_actuator_model(self.task.actuator_model)
         self.backend = backend
         self._n = self.robot.n_joints
         self._dt = self.robot.control_period_s
@@ -164,7 +172,9 @@ class WalkEnv(gymnasium.Env):
                                       nominal_height=self.standing_height, fall_height=self.fall_height)
         self.state = None  # type: Optional[RobotState]
         self.step_count = 0
-        self.command = np.zeros(3)
+        self.command_config = self.task.command.for_robot(self.robot.name)   # this robot's command ranges
+        self.command = np.zeros(3)        # the task's drawn command
+        self.command_override = None      # type: Optional[np.ndarray]  # set by a controller (cmd_vel): replaces it
         self.latency_steps = 0
         self._pending = collections.deque()  # joint targets waiting out the action latency
         self._previous_action = None  # type: Any
@@ -188,13 +198,13 @@ class WalkEnv(gymnasium.Env):
         self._previous_action = None
         self._pending.clear()
         self._start_x = float(self.state.base_position[0])
-        self.command = self._draw_command(rng)
-        cmd = self.task.command
+        self.command = draw_command(self.command_config, rng)
+        cmd = self.command_config
         self._next_command_s = cmd.resample_s if cmd.active and cmd.resample_s > 0.0 else math.inf
         self.rewards.reset(self.state)
         info = {"state": self.state, "distance": 0.0, "fell": False}
-        if self.task.command.active:
-            info["command"] = self.command.copy()
+        if self._has_command():
+            info["command"] = self.active_command().copy()
         return self._observe(self.state), info
 
     def step(self, action):
@@ -226,11 +236,11 @@ class WalkEnv(gymnasium.Env):
             "distance": float(state.base_position[0]) - self._start_x,
             "state": state,
         }
-        if self.task.command.active:
-            info["command"] = self.command.copy()
+        if self._has_command():
+            info["command"] = self.active_command().copy()
             if state.time >= self._next_command_s:
-                self.command = self._draw_command(self.np_random)
-                self._next_command_s += self.task.command.resample_s
+                self.command = draw_command(self.command_config, self.np_random)
+                self._next_command_s += self.command_config.resample_s
         return self._observe(state), float(sum(terms.values())), fell, truncated, info
 
     def current_observation(self) -> Tuple[np.ndarray, Dict[str, Any]]:
@@ -285,14 +295,16 @@ class WalkEnv(gymnasium.Env):
         self.backend.push((magnitude * math.cos(heading), magnitude * math.sin(heading), 0.0), rand.push_duration_s)
         self._next_push_s += rng.uniform(0.5, 1.5) * rand.push_interval_s
 
-    def _draw_command(self, rng: np.random.Generator) -> np.ndarray:
-        cmd = self.task.command
-        if not cmd.active:
-            return np.zeros(3)
-        return np.array([rng.uniform(*cmd.forward), rng.uniform(*cmd.lateral), rng.uniform(*cmd.yaw_rate)])
+    def active_command(self) -> np.ndarray:
+        """The command the policy is given: ``command_override`` when set (cmd_vel through the controller), else the
+        task's drawn command."""
+        return self.command if self.command_override is None else np.asarray(self.command_override, dtype=float)
+
+    def _has_command(self) -> bool:
+        return self.command_config.active or (self.task.observation.command and self.command_override is not None)
 
     def _command_or_none(self) -> Optional[np.ndarray]:
-        return self.command if self.task.command.active else None
+        return self.active_command() if self._has_command() else None
 
     def _reference(self, state: RobotState, time_s: float) -> Optional[Reference]:
         """Where the ZMP should be: the feet the reference gait stands on (their mean in double support)."""
@@ -325,7 +337,7 @@ class WalkEnv(gymnasium.Env):
             angle = 2.0 * math.pi * float(self.gait.phase(self.step_count * self._dt))
             blocks.append(np.array([math.sin(angle), math.cos(angle)]))
         if obs_cfg.command:
-            blocks.append(self.command)
+            blocks.append(self.active_command())
         if obs_cfg.privileged:
             velocity_body = state.rotation().T.dot(state.base_linear_velocity)
             blocks.append(np.append(velocity_body, state.base_position[2]))

@@ -60,6 +60,11 @@ from the node's private namespace upwards (~tf_prefix, then <ns>/tf_prefix, ...)
 namespace (``actor_0/odom`` for /actor_0/controller, plain ``odom`` at the root).  view.launch ns:=actor_0 gives its
 robot_state_publisher the same prefix, so the tree is one: actor_0/odom -> actor_0/base_link -> ... -> feet.
   subscribes walker/action (op3_walk/WalkerAction)
+             cmd_vel (geometry_msgs/Twist, REP 103 base frame: linear.x forward m/s, linear.y left m/s, angular.z
+             yaw rate rad/s; other fields ignored): steers a policy whose task has a velocity command in its
+             observation. Clamped to the task's command ranges for the robot (what the policy was trained on); once
+             one has arrived it replaces the task's drawn command, and falls back to zero (stand still) when none came
+             for cmd_vel_timeout_s. A task without a command ignores cmd_vel (one warning)
              safety/estop (std_msgs/Bool; hardware: true latches the e-stop, false does nothing)
              sim/torso_orientation (geometry_msgs/Quaternion; hardware/i2c sim only: the simulated PLEN's torso
              orientation in odom, x y z w, at rest; the BNO055 model reads it through its mounting)
@@ -79,10 +84,12 @@ import numpy as np
 import rosgraph
 import rospy
 from sensor_msgs.msg import Imu, JointState
+from geometry_msgs.msg import Twist
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger, TriggerResponse
 
 from op3_walk.config import ConfigError, doc, from_dict
+from op3_walk.envs.command import ExternalCommand, describe_ranges
 from op3_walk.envs.walk_env import WalkEnv, load_task
 from op3_walk.msg import WalkerAction, WalkerState
 from op3_walk.robots import load_robot
@@ -193,8 +200,12 @@ class ControllerParams:
                          "parameter of an enclosing namespace (as robot_state_publisher finds it), else the node's "
                          "namespace (none at the root); set it to \"\" for no prefix in a namespace", "")
     diagnostics_rate_hz: float = doc("Hz of /diagnostics messages; 0 = none", 1.0)
+    cmd_vel_timeout_s: float = doc("s without a cmd_vel message before the velocity command falls back to zero "
+                                   "(stand still); tasks with a command only", 0.5)
 
     def validate(self) -> None:
+        if not self.cmd_vel_timeout_s > 0:
+            raise ValueError("cmd_vel_timeout_s must be > 0")
         if self.backend not in BACKENDS:
             raise ValueError("backend must be one of %s, got %r" % (", ".join(BACKENDS), self.backend))
         if self.mode not in MODES + ("",):
@@ -336,6 +347,17 @@ class ControllerNode:
         self.reset_srv = rospy.Service("walker/reset", ResetEpisode, self._on_reset)
         self.action_sub = rospy.Subscriber("walker/action", WalkerAction, self._on_action, queue_size=10,
                                            tcp_nodelay=True)
+        # cmd_vel: the command is part of the observation, which this node builds (op3_walk.envs.command)
+        self.takes_command = any(name == "command" for name, _ in self.layout)
+        self.cmd_vel = ExternalCommand(self.env.command_config, params.cmd_vel_timeout_s)
+        self._cmd_vel_warned = False
+        self._cmd_lock = threading.Lock()   # cmd_vel callback vs. the step that reads it (never the control lock)
+        self.cmd_vel_ignored = 0          # cmd_vel messages for a task without a command
+        self.cmd_vel_sub = rospy.Subscriber("cmd_vel", Twist, self._on_cmd_vel, queue_size=10)
+        if self.takes_command:
+            rospy.loginfo("controller: task %s takes a velocity command: cmd_vel steers it, clamped to %s; zero after "
+                          "%.2f s without one", params.task, describe_ranges(self.env.command_config),
+                          params.cmd_vel_timeout_s)
         self._stop = threading.Event()
         self.safety = backend if hasattr(backend, "reset_estop") else None   # the SafeBackend of backend hardware
         self.interventions = 0
@@ -366,6 +388,38 @@ class ControllerNode:
         return self.env.step_count
 
     # -- ROS callbacks ------------------------------------------------------------------------------------------
+    def _on_cmd_vel(self, msg: Twist) -> None:
+        if not self.takes_command:
+            self.cmd_vel_ignored += 1
+            if not self._cmd_vel_warned:
+                self._cmd_vel_warned = True
+                rospy.logwarn("controller: cmd_vel ignored: task %s has no velocity command in its observation "
+                              "(this policy cannot be steered; this warning is not repeated)", self.params.task)
+            return
+        raw = (msg.linear.x, msg.linear.y, msg.angular.z)
+        first = not self.cmd_vel.active
+        with self._cmd_lock:
+            before = self.cmd_vel.clamped
+            value = self.cmd_vel.receive(raw, time.monotonic())
+            clamped = self.cmd_vel.clamped > before
+        if value is None:
+            rospy.logwarn_throttle(5.0, "controller: cmd_vel with a non-finite value ignored: %s; %d so far", raw,
+                                   self.cmd_vel.rejected)
+            return
+        if first:
+            rospy.loginfo("controller: cmd_vel received: it now replaces the task's drawn command")
+        if clamped:
+            rospy.logwarn_throttle(5.0, "controller: cmd_vel (%.3g, %.3g, %.3g) outside the trained ranges (%s): "
+                                   "clamped to (%.3g, %.3g, %.3g); %d clamped so far", raw[0], raw[1], raw[2],
+                                   describe_ranges(self.env.command_config), value[0], value[1], value[2],
+                                   self.cmd_vel.clamped)
+
+    def _apply_cmd_vel(self) -> None:
+        """Give the env the cmd_vel command for its next observation (None: the task's own command stands)."""
+        if self.takes_command:
+            with self._cmd_lock:
+                self.env.command_override = self.cmd_vel.value(time.monotonic())
+
     def _on_reset(self, req) -> ResetEpisodeResponse:
         caller = caller_id(req)
         refusal = self._foreign_reset(caller)
@@ -380,6 +434,7 @@ class ControllerNode:
                 rospy.logwarn_throttle(5.0, "controller: reset refused: %s", why)
                 return ResetEpisodeResponse(success=False, message=why, retry=True)
             try:
+                self._apply_cmd_vel()
                 obs, info = self.env.reset(seed=None if req.seed < 0 else int(req.seed))
             except Exception as exc:  # a backend failure must reach the caller, not kill the service thread
                 rospy.logerr("controller: reset failed: %s", exc)
@@ -603,6 +658,7 @@ class ControllerNode:
         (end_reason, detail, terminated)."""
         reason, detail, terminated = ended
         self.episode_over = True
+        self._apply_cmd_vel()
         obs, info = self.env.current_observation()
         self._note_end(reason, detail)
         self._publish(obs, 0.0, bool(terminated), not terminated, info, reason)
@@ -664,6 +720,7 @@ class ControllerNode:
         """Step the env with ``action`` and publish the state; ``ended`` (end_reason, detail, terminated): the
         safety layer ends the episode with this state."""
         start = time.perf_counter()
+        self._apply_cmd_vel()
         try:
             obs, reward, terminated, truncated, info = self.env.step(action)
         except Exception as exc:  # a backend failure ends the episode; the learner's next reset starts afresh
@@ -757,6 +814,15 @@ class ControllerNode:
             }
             for reason, count in sorted(self.episode_ends.items()):
                 values["episodes ended: %s" % reason] = count
+            if self.takes_command:
+                with self._cmd_lock:
+                    command = self.cmd_vel.value(time.monotonic())
+                    values["cmd_vel received"] = self.cmd_vel.received
+                    values["cmd_vel clamped"] = self.cmd_vel.clamped
+                values["velocity command"] = ("task's own" if command is None else
+                                              "cmd_vel (%.3f, %.3f, %.3f)" % tuple(command))
+            elif self.cmd_vel_ignored:
+                values["cmd_vel ignored (no command in the task)"] = self.cmd_vel_ignored
             if self.safety is not None:
                 values["resets refused (latched)"] = self.refused_resets
             if self.mode == "realtime":

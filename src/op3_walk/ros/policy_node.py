@@ -20,6 +20,10 @@ lost either way costs a resend, not a hang).  Every state's observation layout i
 
 Topics (relative): publishes walker/action (op3_walk/WalkerAction), walker/episode (op3_walk/EpisodeStats);
                    subscribes walker/state (op3_walk/WalkerState).
+Steering: a policy whose task has a velocity command in its observation is steered by ``cmd_vel``
+(geometry_msgs/Twist) on the controller, which builds the observations: the command reaches this node inside
+walker/state, already clamped to the task's ranges and timed out to zero (controller_node's ``cmd_vel_timeout_s``).
+This node does not subscribe to cmd_vel itself; at start-up it logs whether its policy can be steered, and the ranges.
 Services: serves policy/load (op3_walk/LoadPolicy); calls walker/reset (op3_walk/ResetEpisode, persistent proxy).
 """
 import collections
@@ -120,6 +124,7 @@ class PolicyNode:
         policy.check_interface(self.expected, what="this node's " + self.where)
         self.policy = policy
         self.policy_loads = 0
+        self._log_steering(task)
 
         self._cond = threading.Condition()
         self._layout_ok: Optional[Tuple[Tuple[str, ...], Tuple[int, ...]]] = None
@@ -157,6 +162,20 @@ class PolicyNode:
                       "starting %s" % ("episodes until shut down" if not params.episodes
                                        else "%d episode(s)" % params.episodes)
                       if params.start_episodes else "acting on episodes started by others")
+
+    def _log_steering(self, task: str) -> None:
+        """Say whether cmd_vel (on the controller) steers this policy, and within which ranges."""
+        from op3_walk.envs.command import describe_ranges
+        from op3_walk.envs.task import load_task
+        try:
+            cfg = load_task(task)
+        except Exception:   # the interface check above already loaded it; never fail on a log line
+            return
+        if cfg.observation.command:
+            rospy.loginfo("policy: takes a velocity command: steer it with cmd_vel (geometry_msgs/Twist) on the "
+                          "controller, within %s", describe_ranges(cfg.command.for_robot(self.expected.robot)))
+        else:
+            rospy.loginfo("policy: task %s has no velocity command: cmd_vel does not steer it", task)
 
     # -- ROS callbacks ------------------------------------------------------------------------------------------
     def _on_state(self, msg: WalkerState, from_reset: bool = False) -> None:
